@@ -1,0 +1,70 @@
+"""Small building blocks: norms, MLPs, AdaLN modulation, logically-partitioned dense layers."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+default_init = nn.initializers.xavier_uniform()
+
+
+def dense(features, axes: Sequence[str], *, use_bias=True, init=default_init, name=None, dtype=None):
+  """nn.Dense whose kernel carries logical axis names (bias gets the output axis)."""
+  return nn.Dense(features, use_bias=use_bias, name=name, dtype=dtype,
+                  kernel_init=nn.with_logical_partitioning(init, tuple(axes)),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[-1],)))
+
+
+def norm(kind: str, name=None, use_scale=True):
+  """'rms' or 'layer' normalisation (eps 1e-6), scale over the 'embed' axis."""
+  if kind == "rms":
+    return nn.RMSNorm(epsilon=1e-6, use_scale=use_scale, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)))
+  if kind == "layer":
+    return nn.LayerNorm(epsilon=1e-6, use_scale=use_scale, use_bias=use_scale, name=name,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+  raise ValueError(f"norm kind must be 'rms' or 'layer', got {kind!r}")
+
+
+class Mlp(nn.Module):
+  """SwiGLU or GELU(-tanh) feed-forward."""
+  hidden: int
+  kind: str = "swiglu"
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    d = x_BLD.shape[-1]
+    if self.kind == "swiglu":
+      gate = dense(self.hidden, ("embed", "mlp"), use_bias=False, name="gate")(x_BLD)
+      up = dense(self.hidden, ("embed", "mlp"), use_bias=False, name="up")(x_BLD)
+      h = nn.silu(gate) * up
+    elif self.kind in ("gelu", "gelu_tanh"):
+      h = dense(self.hidden, ("embed", "mlp"), name="up")(x_BLD)
+      h = nn.gelu(h, approximate=self.kind == "gelu_tanh")
+    else:
+      raise ValueError(f"mlp kind must be 'swiglu', 'gelu' or 'gelu_tanh', got {self.kind!r}")
+    return dense(d, ("mlp", "embed"), use_bias=self.kind != "swiglu", name="down")(h)
+
+
+class AdaLNModulation(nn.Module):
+  """cond [B, C] -> n chunks of [B, 1, D] (zero-initialised, so blocks start as identity-gated)."""
+  features: int
+  n: int
+
+  @nn.compact
+  def __call__(self, cond_BC):
+    out = dense(self.n * self.features, ("embed", "mlp"), init=nn.initializers.zeros,
+                name="proj")(nn.silu(cond_BC))
+    return [c[:, None, :] for c in jnp.split(out, self.n, axis=-1)]
+
+
+def modulate(x_BLD, shift_B1D, scale_B1D):
+  return x_BLD * (1 + scale_B1D) + shift_B1D
+
+
+def cast_floating(tree, dtype):
+  """Casts floating leaves of a pytree to dtype (bf16 compute over f32 params)."""
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)

@@ -1,0 +1,150 @@
+"""A pre-norm decoder/encoder transformer whose attention pattern is a MaskSpec.
+
+  h_BLD, cache = Transformer(...).apply({'params': p}, x_BLD, mask, positions=pos, cond_BC=c,
+                                         cache=cache)
+Positions: 'learned' and 'rope1d' take int [B, L] (or [L]); 'rope2d' takes [B, L, 2]; 'rope3d'
+[B, L, 3]; 'none' ignores them. With a cache, the L new tokens are written at cache.index and
+attend to everything already in it (mask evaluated at query offset cache.index).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from arjax import cache as cache_lib
+from arjax.nn import attention as attn_lib
+from arjax.nn import layers
+from arjax.nn import rope as rope_lib
+
+POS_KINDS = ("learned", "rope1d", "rope2d", "rope3d", "none")
+
+
+class Attention(nn.Module):
+  """Multi-head (GQA) self-attention with optional qk-norm, q/v biases and RoPE."""
+  heads: int
+  kv_heads: int
+  qk_norm: bool = False
+  qkv_bias: bool = False
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x_BLD, mask, angles_BLK=None, layer_cache=None, index=None):
+    d = x_BLD.shape[-1]
+    hd = d // self.heads
+    proj = lambda n, name, bias: nn.DenseGeneral(
+        (n, hd), use_bias=bias, name=name,
+        kernel_init=nn.with_logical_partitioning(layers.default_init, ("embed", "heads", "kv")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")))
+    q = proj(self.heads, "q", self.qkv_bias)(x_BLD)
+    k = proj(self.kv_heads, "k", False)(x_BLD)
+    v = proj(self.kv_heads, "v", self.qkv_bias)(x_BLD)
+    if self.qk_norm:
+      q = nn.RMSNorm(epsilon=1e-6, name="q_norm")(q)
+      k = nn.RMSNorm(epsilon=1e-6, name="k_norm")(k)
+    if angles_BLK is not None:
+      q, k = rope_lib.apply_rope(q, angles_BLK), rope_lib.apply_rope(k, angles_BLK)
+    if layer_cache is None:
+      out = attn_lib.attention(q, k, v, mask, impl=self.impl)
+      new_cache = None
+    else:
+      k_all, v_all = cache_lib.write(*layer_cache, k, v, index)
+      valid_B = jnp.full((x_BLD.shape[0],), index + x_BLD.shape[1], jnp.int32)
+      out = attn_lib.attention(q, k_all, v_all, mask, q_offset=index, kv_valid_B=valid_B, impl=self.impl)
+      new_cache = (k_all, v_all)
+    out = nn.DenseGeneral(d, axis=(-2, -1), name="o",
+                          kernel_init=nn.with_logical_partitioning(layers.default_init, ("heads", "kv", "embed")),
+                          use_bias=False)(out)
+    return out, new_cache
+
+
+class Block(nn.Module):
+  """Pre-norm block; with `adaln`, norms are un-scaled and modulated by cond (shift/scale/gate x2)."""
+  heads: int
+  kv_heads: int
+  mlp_ratio: float = 4.0
+  mlp: str = "swiglu"
+  norm: str = "rms"
+  qk_norm: bool = False
+  qkv_bias: bool = False
+  adaln: bool = False
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x_BLD, mask, angles_BLK=None, cond_BC=None, layer_cache=None, index=None):
+    d = x_BLD.shape[-1]
+    if self.adaln:
+      sa, ca, ga, sm, cm, gm = layers.AdaLNModulation(d, 6, name="adaln")(cond_BC)
+    h = layers.norm(self.norm, "norm1", use_scale=not self.adaln)(x_BLD)
+    if self.adaln:
+      h = layers.modulate(h, sa, ca)
+    h, new_cache = Attention(self.heads, self.kv_heads, self.qk_norm, self.qkv_bias, self.impl,
+                             name="attn")(h, mask, angles_BLK, layer_cache, index)
+    x_BLD = x_BLD + (ga * h if self.adaln else h)
+    h = layers.norm(self.norm, "norm2", use_scale=not self.adaln)(x_BLD)
+    if self.adaln:
+      h = layers.modulate(h, sm, cm)
+    h = layers.Mlp(int(d * self.mlp_ratio), self.mlp, name="mlp")(h)
+    return x_BLD + (gm * h if self.adaln else h), new_cache
+
+
+class Transformer(nn.Module):
+  """A stack of Blocks over input embeddings x_BLD; returns final-normed features and the cache."""
+  depth: int
+  heads: int
+  kv_heads: Optional[int] = None
+  mlp_ratio: float = 4.0
+  mlp: str = "swiglu"
+  norm: str = "rms"
+  qk_norm: bool = False
+  qkv_bias: bool = False
+  adaln: bool = False
+  pos: str = "rope1d"
+  max_len: int = 1024
+  rope_base: float = 10000.0
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x_BLD, mask, *, positions=None, cond_BC=None, cache: cache_lib.KVCache = None):
+    if self.pos not in POS_KINDS:
+      raise ValueError(f"pos must be one of {POS_KINDS}, got {self.pos!r}")
+    if self.adaln and cond_BC is None:
+      raise ValueError("adaln=True needs cond_BC")
+    b, l, d = x_BLD.shape
+    if d % self.heads:
+      raise ValueError(f"width {d} must be divisible by heads {self.heads}")
+    index = None if cache is None else cache.index
+    if positions is None:
+      start = 0 if cache is None else cache.index
+      positions = jnp.arange(l) + start
+    positions = jnp.asarray(positions)
+    n_axes = {"rope2d": 2, "rope3d": 3}.get(self.pos, 1)
+    if n_axes == 1 and positions.ndim == 1:
+      positions = positions[:, None]
+    if positions.ndim == 2:
+      positions = positions[None]
+    positions = jnp.broadcast_to(positions, (b, l, n_axes))
+    angles = None
+    if self.pos == "learned":
+      table = self.param("pos_embed", nn.with_logical_partitioning(
+          nn.initializers.normal(0.02), (None, "embed")), (self.max_len, d))
+      x_BLD = x_BLD + jnp.take(table, positions[..., 0], axis=0).astype(x_BLD.dtype)
+    elif self.pos.startswith("rope"):
+      angles = rope_lib.rope_angles(positions, d // self.heads, self.rope_base)
+    new_k, new_v = [], []
+    for i in range(self.depth):
+      layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+      x_BLD, nc = Block(self.heads, self.kv_heads or self.heads, self.mlp_ratio, self.mlp, self.norm,
+                        self.qk_norm, self.qkv_bias, self.adaln, self.impl, name=f"block{i}")(
+                            x_BLD, mask, angles, cond_BC, layer_cache, index)
+      if nc is not None:
+        new_k.append(nc[0])
+        new_v.append(nc[1])
+    x_BLD = layers.norm(self.norm, "final_norm", use_scale=not self.adaln)(x_BLD)
+    if self.adaln:
+      shift, scale = layers.AdaLNModulation(d, 2, name="final_adaln")(cond_BC)
+      x_BLD = layers.modulate(x_BLD, shift, scale)
+    new_cache = None if cache is None else cache_lib.advance(cache, new_k, new_v, l)
+    return x_BLD, new_cache

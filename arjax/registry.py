@@ -1,0 +1,44 @@
+"""Name -> builder for everything a config can name (tokenizers and paradigms)."""
+from __future__ import annotations
+
+import importlib
+
+from arjax import config as config_lib
+
+# name -> "module:Class"; imported lazily so one broken paradigm does not break the others.
+MODELS = {
+    "vq": "arjax.tokenizers.vq:VQTokenizer",
+    "next_token": "arjax.paradigms.next_token:NextToken",
+}
+
+
+def resolve(name: str):
+  if name not in MODELS:
+    raise ValueError(f"unknown model name {name!r}; registered: {sorted(MODELS)}")
+  module, cls = MODELS[name].split(":")
+  return getattr(importlib.import_module(module), cls)
+
+
+def build_tokenizer(tok_cfg):
+  """(tokenizer, params) from config.tokenizer = {config: 'path.py[:arg]', workdir: DIR or None}."""
+  from arjax.train import checkpoint
+  tcfg = config_lib.load_config(tok_cfg.config)
+  tokenizer = resolve(tcfg.model.name)(tcfg.model)
+  if tok_cfg.workdir:
+    params = checkpoint.load_params(f"{tok_cfg.workdir}/checkpoints", ema=tok_cfg.get("ema", True))
+  else:  # untrained tokenizer: only for smoke tests of the paradigm
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    size = tcfg.data.image_size
+    params = nn.meta.unbox(tokenizer.init(jax.random.PRNGKey(0),
+                                          dict(image=jnp.zeros((1, size, size, 3)))))
+  return tokenizer, params
+
+
+def build_model(config):
+  """The Trainable named by config.model.name (paradigms get their frozen tokenizer)."""
+  cls = resolve(config.model.name)
+  if "tokenizer" in config:
+    return cls(config.model, *build_tokenizer(config.tokenizer))
+  return cls(config.model)

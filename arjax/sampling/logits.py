@@ -1,0 +1,51 @@
+"""Logits processing for categorical sampling: temperature, top-k, top-p, classifier-free guidance."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e30
+
+
+def top_k_filter(logits_BV, k):
+  """Keeps the k largest logits per row (k <= 0 or k >= V keeps all); k may be traced."""
+  v = logits_BV.shape[-1]
+  k = jnp.clip(jnp.where(k <= 0, v, k), 1, v)
+  kth = jnp.take_along_axis(jnp.sort(logits_BV, axis=-1), jnp.full(logits_BV.shape[:-1] + (1,), v - k),
+                            axis=-1)
+  return jnp.where(logits_BV < kth, NEG_INF, logits_BV)
+
+
+def top_p_filter(logits_BV, p):
+  """Nucleus filter: keeps the smallest set of top tokens whose probability reaches p (p >= 1 keeps all)."""
+  order = jnp.argsort(-logits_BV, axis=-1)
+  sorted_logits = jnp.take_along_axis(logits_BV, order, axis=-1)
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  keep_sorted = (mass_before < p) | (p >= 1.0)
+  keep = jnp.zeros_like(keep_sorted).at[
+      jnp.arange(logits_BV.shape[0])[:, None], order].set(keep_sorted)
+  return jnp.where(keep, logits_BV, NEG_INF)
+
+
+def guide(cond_BV, uncond_BV, scale):
+  """Classifier-free guidance on logits: uncond + scale * (cond - uncond)."""
+  return uncond_BV + scale * (cond_BV - uncond_BV)
+
+
+def cfg_scale(scale, progress, schedule: str = "constant"):
+  """Guidance scale at generation progress in [0, 1]: 'constant' or 'linear' ramp from 1 to scale."""
+  if schedule == "constant":
+    return jnp.asarray(scale, jnp.float32)
+  if schedule == "linear":
+    return 1.0 + (scale - 1.0) * progress
+  raise ValueError(f"cfg schedule must be 'constant' or 'linear', got {schedule!r}")
+
+
+def sample_categorical(rng, logits_BV, *, temperature=1.0, top_k=0, top_p=1.0):
+  """Temperature, then top-k, then top-p, then a categorical draw; temperature 0 is greedy."""
+  greedy = jnp.argmax(logits_BV, axis=-1)
+  logits = logits_BV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+  logits = top_p_filter(top_k_filter(logits, top_k), top_p)
+  drawn = jax.random.categorical(rng, logits, axis=-1)
+  return jnp.where(temperature <= 0, greedy, drawn).astype(jnp.int32)

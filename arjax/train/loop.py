@@ -1,0 +1,138 @@
+"""The one training loop for tokenizers and paradigms: sharded, checkpointed, resumable."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from arjax import sharding
+from arjax.data import pipeline
+from arjax.eval import grid
+from arjax.train import checkpoint as ckpt_lib
+from arjax.train.optimizer import make_optimizer
+from arjax.train.step import TrainState, make_train_step
+
+
+class _Sigterm:
+  """Turns SIGTERM into a flag the loop checks after each step (then it saves and returns)."""
+
+  def __init__(self):
+    self.received = False
+    self._old = None
+
+  def __enter__(self):
+    self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, *_):
+    self.received = True
+
+  def __exit__(self, *_):
+    signal.signal(signal.SIGTERM, self._old)
+
+
+def init_state(model, config, mesh, example_batch, tx):
+  """Builds the sharded TrainState (params sharded by the logical-axis rules)."""
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  abstract = jax.eval_shape(model.init, init_rng, example_batch)
+  rules = tuple(config.mesh.rules) if config.mesh.rules else sharding.DEFAULT_RULES
+  param_sh = sharding.param_shardings(abstract, mesh, rules)
+  unboxed_init = lambda r: nn.meta.unbox(model.init(r, example_batch))
+  params = jax.jit(unboxed_init, out_shardings=param_sh)(init_rng)
+  opt_state = jax.jit(tx.init)(params)
+  rep = sharding.replicated(mesh)
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=params, opt_state=opt_state,
+                     ema_params=jax.tree.map(jnp.copy, params), rng=jax.device_put(state_rng, rep))
+  return state
+
+
+def state_shardings(state):
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+def _log(writer, step, metrics, path):
+  metrics = {k: float(v) for k, v in metrics.items()}
+  if jax.process_index() == 0:
+    for k, v in metrics.items():
+      writer.add_scalar(k, v, step)
+    with open(path, "a") as f:
+      f.write(json.dumps(dict(step=step, **metrics)) + "\n")
+  return metrics
+
+
+def train(config, workdir: str, model, evaluators=()):
+  """Trains `model` (a Trainable) per `config`; resumes from workdir/checkpoints if present."""
+  from tensorboardX import SummaryWriter
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh(config.mesh.shape)
+  ds = pipeline.make_dataset(config.data, split="train", seed=config.seed,
+                             process_index=jax.process_index(), process_count=jax.process_count())
+  data_iter = iter(ds)
+  preprocess = jax.jit(getattr(model, "preprocess", lambda b: b))
+  first = preprocess(sharding.global_batch(next(iter(ds)), mesh))
+  tx, lr_fn = make_optimizer(config.optim, config.train.steps)
+  compute_dtype = jnp.dtype(config.train.compute_dtype)
+  step_fn = make_train_step(model, tx, lr_fn, ema_decay=config.train.ema_decay,
+                            compute_dtype=compute_dtype, grad_accum=config.train.grad_accum)
+  with mesh:
+    state = init_state(model, config, mesh, first, tx)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    restored, data_state = ckpt.restore(jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state.as_dict()))
+    state = TrainState(**restored)
+    data_iter.set_state(data_state)
+    print(f"resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
+  shardings = state_shardings(state)
+  train_step = jax.jit(step_fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  maintain = getattr(model, "maintain", None)
+  maintain = jax.jit(maintain, out_shardings=shardings.params) if maintain and config.train.maintain_every else None
+  writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
+  start, total = int(state.step), config.train.steps
+  bar = tqdm(range(start, total), initial=start, total=total, disable=not config.train.progress,
+             desc=os.path.basename(os.path.normpath(workdir)), dynamic_ncols=True)
+  t0, metrics = time.time(), {}
+  with _Sigterm() as sigterm, mesh:
+    for step in bar:
+      batch = preprocess(sharding.global_batch(next(data_iter), mesh))
+      if maintain is not None and step % config.train.maintain_every == 0:
+        state = state.replace(params=maintain(state.params, batch, jax.random.fold_in(state.rng, -step - 1)))
+      state, metrics = train_step(state, batch)
+      done = step + 1
+      if done % config.train.log_every == 0 or done == total:
+        m = _log(writer, done, dict(metrics, steps_per_s=(done - start) / (time.time() - t0)),
+                 os.path.join(workdir, "metrics.jsonl"))
+        bar.set_postfix({k: f"{v:.4g}" for k, v in m.items() if k in ("loss", "psnr", "token_acc", "lr")})
+      if config.train.sample_every and done % config.train.sample_every == 0 and hasattr(model, "sample"):
+        write_samples(model, state.ema_params, config, os.path.join(workdir, "samples", f"step{done}.png"))
+      for ev in evaluators:
+        if ev.every and done % ev.every == 0:
+          _log(writer, done, {f"{ev.name}/{k}": v for k, v in ev.run(state.ema_params, state.rng, done).items()},
+               os.path.join(workdir, "metrics.jsonl"))
+      if done % config.train.ckpt_every == 0 or done == total or sigterm.received:
+        ckpt.save(done, state.as_dict(), data_iter.get_state(), force=sigterm.received)
+      if sigterm.received:
+        print(f"SIGTERM: saved step {done} to {ckpt.directory}", flush=True)
+        break
+  ckpt.wait()
+  if writer is not None:
+    writer.close()
+  return state, {k: float(v) for k, v in metrics.items()}
+
+
+def write_samples(model, params, config, path, labels=None):
+  """Samples one image per label (default: cycling classes) and writes a PNG grid."""
+  n = config.train.num_sample_images
+  labels = jnp.arange(n) % model.num_classes if labels is None else labels
+  images = model.sample(params, labels, jax.random.PRNGKey(config.seed + 1), **config.sample)
+  grid.save_grid(np.asarray(images), path)
+  return images
