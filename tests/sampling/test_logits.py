@@ -1,0 +1,68 @@
+"""Logits processing against brute-force numpy, and sampled frequencies against the exact distribution."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from arjax.sampling import logits as L
+
+
+def np_top_k(x, k):
+  keep = np.argsort(-x)[:k]
+  out = np.full_like(x, -np.inf)
+  out[keep] = x[keep]
+  return out
+
+
+def np_top_p(x, p):
+  probs = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+  order = np.argsort(-probs)
+  out = np.full_like(x, -np.inf)
+  mass = 0.0
+  for i in order:
+    out[i] = x[i]
+    mass += probs[i]
+    if mass >= p:
+      break
+  return out
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 10, 0])
+def test_top_k(k):
+  x = np.random.default_rng(k).normal(size=(4, 10)).astype(np.float32)
+  got = np.asarray(L.top_k_filter(jnp.asarray(x), k))
+  for row, g in zip(x, got):
+    ref = np_top_k(row, k if k > 0 else 10)
+    np.testing.assert_array_equal(np.isfinite(ref), g > L.NEG_INF / 2)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.999, 1.0])
+def test_top_p(p):
+  x = np.random.default_rng(int(p * 100)).normal(size=(4, 12)).astype(np.float32) * 2
+  got = np.asarray(L.top_p_filter(jnp.asarray(x), p))
+  for row, g in zip(x, got):
+    np.testing.assert_array_equal(np.isfinite(np_top_p(row, p)), g > L.NEG_INF / 2)
+
+
+def test_sampled_frequencies_match_filtered_distribution():
+  """Chi-square test of 20k draws against the exact top-k + temperature distribution."""
+  logits = np.log(np.array([0.4, 0.25, 0.15, 0.12, 0.08], np.float32))
+  n, temperature = 20000, 0.7
+  keys = jax.random.split(jax.random.PRNGKey(0), n)
+  draws = jax.vmap(lambda k: L.sample_categorical(k, jnp.asarray(logits)[None], temperature=temperature,
+                                                  top_k=3)[0])(keys)
+  counts = np.bincount(np.asarray(draws), minlength=5)
+  assert counts[3:].sum() == 0
+  z = logits[:3].astype(np.float64) / temperature
+  expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum() * n
+  assert stats.chisquare(counts[:3], expected).pvalue > 1e-3
+
+
+def test_greedy_and_cfg():
+  x = jnp.asarray([[0.1, 3.0, -1.0]])
+  assert int(L.sample_categorical(jax.random.PRNGKey(0), x, temperature=0.0)[0]) == 1
+  np.testing.assert_allclose(L.guide(jnp.ones(3), jnp.zeros(3), 2.5), 2.5 * np.ones(3))
+  np.testing.assert_allclose(L.cfg_scale(3.0, 0.5, "linear"), 2.0)
+  with pytest.raises(ValueError):
+    L.cfg_scale(3.0, 0.5, "cubic")
