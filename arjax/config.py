@@ -17,7 +17,7 @@ def base_config() -> ml_collections.ConfigDict:
                  b1=0.9, b2=0.95, clip=1.0)
   c.train = dict(steps=1000, grad_accum=1, compute_dtype="float32", ema_decay=0.999, log_every=50,
                  ckpt_every=500, keep_checkpoints=2, sample_every=0, num_sample_images=16,
-                 maintain_every=0, progress=True)
+                 maintain_every=0, progress=True, stop_at_step=0)
   c.mesh = dict(shape=(-1, 1, 1), rules=None)
   c.sample = dict(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, cfg_schedule="constant")
   c.evals = ml_collections.ConfigDict()

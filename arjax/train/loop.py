@@ -118,10 +118,12 @@ def train(config, workdir: str, model, evaluators=()):
         if ev.every and done % ev.every == 0:
           _log(writer, done, {f"{ev.name}/{k}": v for k, v in ev.run(state.ema_params, state.rng, done).items()},
                os.path.join(workdir, "metrics.jsonl"))
-      if done % config.train.ckpt_every == 0 or done == total or sigterm.received:
-        ckpt.save(done, state.as_dict(), data_iter.get_state(), force=sigterm.received)
-      if sigterm.received:
-        print(f"SIGTERM: saved step {done} to {ckpt.directory}", flush=True)
+      stop = sigterm.received or done == config.train.stop_at_step
+      if done % config.train.ckpt_every == 0 or done == total or stop:
+        ckpt.save(done, state.as_dict(), data_iter.get_state(), force=stop)
+      if stop:
+        print(f"{'SIGTERM' if sigterm.received else 'stop_at_step'}: saved step {done} to "
+              f"{ckpt.directory}", flush=True)
         break
   ckpt.wait()
   if writer is not None:
