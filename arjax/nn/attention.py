@@ -55,17 +55,19 @@ def _pallas_reason(mask, q, k, cached: bool, static_offset: bool):
   return None if ok else reason
 
 
-def attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_offset=0, kv_valid_B=None, impl="auto"):
+def attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_offset=0, kv_valid_B=None, sm_scale=None, impl="auto"):
   """Dispatches to the XLA reference or the Pallas block-sparse kernel."""
   if impl not in IMPLS:
     raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
+  xla = lambda: xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_offset=q_offset, kv_valid_B=kv_valid_B,
+                              sm_scale=sm_scale)
   if impl == "xla":
-    return xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_offset=q_offset, kv_valid_B=kv_valid_B)
+    return xla()
   reason = _pallas_reason(mask, q_BQHD, k_BKGD, kv_valid_B is not None, isinstance(q_offset, int))
   if impl == "auto" and (reason is not None or jax.default_backend() != "tpu"):
-    return xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_offset=q_offset, kv_valid_B=kv_valid_B)
+    return xla()
   if reason is not None:
     raise ValueError(f"attention impl='pallas' cannot serve {mask} with q {q_BQHD.shape}, "
                      f"k {k_BKGD.shape}: {reason}")
   import kernels_pallas
-  return kernels_pallas.flash_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_offset=q_offset)
+  return kernels_pallas.flash_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_offset=q_offset, sm_scale=sm_scale)

@@ -50,7 +50,7 @@ class Mlp(nn.Module):
 
 
 class AdaLNModulation(nn.Module):
-  """cond [B, C] -> n chunks of [B, 1, D] (zero-initialised, so blocks start as identity-gated)."""
+  """cond [B, C] or per-token [B, L, C] -> n chunks of [B, 1 or L, D] (zero-initialised)."""
   features: int
   n: int
 
@@ -58,7 +58,9 @@ class AdaLNModulation(nn.Module):
   def __call__(self, cond_BC):
     out = dense(self.n * self.features, ("embed", "mlp"), init=nn.initializers.zeros,
                 name="proj")(nn.silu(cond_BC))
-    return [c[:, None, :] for c in jnp.split(out, self.n, axis=-1)]
+    if out.ndim == 2:
+      out = out[:, None, :]
+    return jnp.split(out, self.n, axis=-1)
 
 
 def modulate(x_BLD, shift_B1D, scale_B1D):

@@ -22,11 +22,16 @@ from arjax.nn import rope as rope_lib
 POS_KINDS = ("learned", "rope1d", "rope2d", "rope3d", "none")
 
 
+QK_NORMS = (False, True, "rms", "l2")
+
+
 class Attention(nn.Module):
-  """Multi-head (GQA) self-attention with optional qk-norm, q/v biases and RoPE."""
+  """Multi-head (GQA) self-attention with q/v biases (never k), RoPE and optional qk-norm:
+  'rms' (True) RMS-normalises q and k; 'l2' is VAR's: unit q, k and a learnable per-head
+  log-scale (clamped at log 100) in place of 1/sqrt(d)."""
   heads: int
   kv_heads: int
-  qk_norm: bool = False
+  qk_norm: object = False
   qkv_bias: bool = False
   impl: str = "auto"
 
@@ -41,18 +46,29 @@ class Attention(nn.Module):
     q = proj(self.heads, "q", self.qkv_bias)(x_BLD)
     k = proj(self.kv_heads, "k", False)(x_BLD)
     v = proj(self.kv_heads, "v", self.qkv_bias)(x_BLD)
-    if self.qk_norm:
+    if self.qk_norm not in QK_NORMS:
+      raise ValueError(f"qk_norm must be one of {QK_NORMS}, got {self.qk_norm!r}")
+    sm_scale = None
+    if self.qk_norm in (True, "rms"):
       q = nn.RMSNorm(epsilon=1e-6, name="q_norm")(q)
       k = nn.RMSNorm(epsilon=1e-6, name="k_norm")(k)
+    elif self.qk_norm == "l2":
+      log_scale = self.param("log_scale", nn.with_logical_partitioning(
+          nn.initializers.constant(jnp.log(4.0)), ("heads",)), (self.heads,))
+      unit = lambda t: t * jax.lax.rsqrt(jnp.sum(jnp.square(t.astype(jnp.float32)), -1, keepdims=True) + 1e-12)
+      q = (unit(q) * jnp.exp(jnp.minimum(log_scale, jnp.log(100.0)))[:, None]).astype(x_BLD.dtype)
+      k = unit(k).astype(x_BLD.dtype)
+      sm_scale = 1.0
     if angles_BLK is not None:
       q, k = rope_lib.apply_rope(q, angles_BLK), rope_lib.apply_rope(k, angles_BLK)
     if layer_cache is None:
-      out = attn_lib.attention(q, k, v, mask, impl=self.impl)
+      out = attn_lib.attention(q, k, v, mask, sm_scale=sm_scale, impl=self.impl)
       new_cache = None
     else:
       k_all, v_all = cache_lib.write(*layer_cache, k, v, index)
       valid_B = jnp.full((x_BLD.shape[0],), index + x_BLD.shape[1], jnp.int32)
-      out = attn_lib.attention(q, k_all, v_all, mask, q_offset=index, kv_valid_B=valid_B, impl=self.impl)
+      out = attn_lib.attention(q, k_all, v_all, mask, q_offset=index, kv_valid_B=valid_B, sm_scale=sm_scale,
+                               impl=self.impl)
       new_cache = (k_all, v_all)
     out = nn.DenseGeneral(d, axis=(-2, -1), name="o",
                           kernel_init=nn.with_logical_partitioning(layers.default_init, ("heads", "kv", "embed")),
@@ -67,7 +83,7 @@ class Block(nn.Module):
   mlp_ratio: float = 4.0
   mlp: str = "swiglu"
   norm: str = "rms"
-  qk_norm: bool = False
+  qk_norm: object = False
   qkv_bias: bool = False
   adaln: bool = False
   impl: str = "auto"
@@ -98,7 +114,7 @@ class Transformer(nn.Module):
   mlp_ratio: float = 4.0
   mlp: str = "swiglu"
   norm: str = "rms"
-  qk_norm: bool = False
+  qk_norm: object = False
   qkv_bias: bool = False
   adaln: bool = False
   pos: str = "rope1d"

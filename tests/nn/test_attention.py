@@ -51,11 +51,11 @@ def test_rope_is_relative():
   assert abs(dot((3, 5), (1, 2)) - dot((3, 5), (2, 2))) > 1e-4
 
 
-@pytest.mark.parametrize("pos,adaln,spec", [("rope1d", False, masks.causal()), ("learned", True, masks.causal()),
-                                            ("rope2d", False, masks.causal()),
-                                            ("rope1d", False, masks.block_causal((1, 4, 9)))])
-def test_cached_decoding_matches_full_forward(pos, adaln, spec):
-  model = Transformer(depth=2, heads=4, kv_heads=2, pos=pos, qk_norm=True, adaln=adaln, max_len=32,
+@pytest.mark.parametrize("pos,adaln,spec,qk_norm", [
+    ("rope1d", False, masks.causal(), "rms"), ("learned", True, masks.causal(), "l2"),
+    ("rope2d", False, masks.causal(), False), ("rope1d", False, masks.block_causal((1, 4, 9)), "l2")])
+def test_cached_decoding_matches_full_forward(pos, adaln, spec, qk_norm):
+  model = Transformer(depth=2, heads=4, kv_heads=2, pos=pos, qk_norm=qk_norm, adaln=adaln, max_len=32,
                       mlp="gelu_tanh" if adaln else "swiglu", norm="layer" if adaln else "rms", impl="xla")
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 14, 32))
   cond = jax.random.normal(jax.random.PRNGKey(2), (2, 32)) if adaln else None
