@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from arjax import cache as cache_lib
+from arjax import config as config_lib
 from arjax import masks
 from arjax.nn import rope as rope_lib
 from arjax.nn.transformer import Transformer
@@ -43,7 +44,12 @@ class NextTokenNet(nn.Module):
 class NextToken:
   """The next-token paradigm as a Trainable (see arjax/train): init, loss, preprocess, sample."""
 
+  KEYS = ("name", "num_classes", "width", "label_drop", "transformer")
+
   def __init__(self, cfg, tokenizer, tokenizer_params):
+    config_lib.check_keys(cfg, self.KEYS, "model")
+    config_lib.check_keys(cfg.transformer, Transformer.__dataclass_fields__.keys() - {"parent", "name"},
+                          "model.transformer")
     self.cfg = cfg
     self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
     self.grid = tuple(tokenizer.grid)
