@@ -27,6 +27,9 @@ NEG_INF = -0.7 * float(np.finfo(np.float32).max)  # finite "minus infinity": no 
 DEFAULT_BLOCK = 128
 _TRANS_B = (((1,), (1,)), ((), ()))  # x @ y.T
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16)
+# (batch, head, outer block, inner list): the list axis accumulates into scratch
+_SEMANTICS = pltpu.CompilerParams(
+    dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,34 +181,37 @@ def _fwd_kernel(idx_ref, kind_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *rest, c
     lse_ref[...] = jnp.where(seen, m_sc[...] + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)
 
 
+def _q_major_specs(cfg: FlashConfig, rep: int, width: int, d: int):
+  """BlockSpecs of the forward/dq grid (b, h, q block i, list entry j): q-like, row, kv."""
+  q_map = lambda b, h, i, j, idx, kind: (b, h, i, 0)
+  kv_map = lambda b, h, i, j, idx, kind: (b, h // rep, idx[i * width + j], 0)
+  return (pl.BlockSpec((None, None, cfg.block_q, d), q_map),
+          pl.BlockSpec((None, None, cfg.block_q, 1), q_map),
+          pl.BlockSpec((None, None, cfg.block_k, d), kv_map))
+
+
 def _forward(q, k, v, cfg: FlashConfig, count=False):
   """Forward pallas_call on padded head-major arrays: (out, lse[, visits [B, H, n_q, 2]])."""
   b, h, lq_pad, d = q.shape
-  rep = h // k.shape[1]
-  tabs = block_lists(cfg, rep)
-  width, bq, bk = tabs["q_width"], cfg.block_q, cfg.block_k
-  q_map = lambda b_, h_, i, j, idx, kind: (b_, h_, i, 0)
-  kv_map = lambda b_, h_, i, j, idx, kind: (b_, h_ // rep, idx[i * width + j], 0)
-  out_specs = [pl.BlockSpec((None, None, bq, d), q_map), pl.BlockSpec((None, None, bq, 1), q_map)]
+  tabs = block_lists(cfg, h // k.shape[1])
+  width, bq = tabs["q_width"], cfg.block_q
+  q_spec, row_spec, kv_spec = _q_major_specs(cfg, h // k.shape[1], width, d)
+  out_specs = [q_spec, row_spec]
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
                jax.ShapeDtypeStruct((b, h, lq_pad, 1), jnp.float32)]
-  if count:
-    out_specs.append(pl.BlockSpec((None, None, 1, 2), q_map))
+  if count:  # interpret-mode debug output: (1, 2) blocks do not meet Mosaic's tiling rules
+    out_specs.append(pl.BlockSpec((None, None, 1, 2), lambda b_, h_, i, *_: (b_, h_, i, 0)))
     out_shape.append(jax.ShapeDtypeStruct((b, h, cfg.n_q, 2), jnp.int32))
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=2, grid=(b, h, cfg.n_q, width),
-      in_specs=[pl.BlockSpec((None, None, bq, d), q_map),
-                pl.BlockSpec((None, None, bk, d), kv_map),
-                pl.BlockSpec((None, None, bk, d), kv_map)],
-      out_specs=out_specs,
+      in_specs=[q_spec, kv_spec, kv_spec], out_specs=out_specs,
       scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
                       pltpu.VMEM((bq, d), jnp.float32)])
   kernel = functools.partial(_fwd_kernel, cfg=cfg, width=width, count=count)
   return pl.pallas_call(
       kernel, grid_spec=grid_spec, out_shape=out_shape, interpret=cfg.interpret,
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
-      name="flash_attention_fwd")(tabs["q_idx"], tabs["q_kind"], q, k, v)
+      compiler_params=_SEMANTICS, name="flash_attention_fwd",
+  )(tabs["q_idx"], tabs["q_kind"], q, k, v)
 
 
 def _probs_and_dscores(cfg, q, k, v, do, lse, delta, masked, q_block, kv_block):
@@ -266,21 +272,17 @@ def _dkdv_kernel(idx_ref, kind_ref, head_ref, q_ref, k_ref, v_ref, do_ref, lse_r
 
 
 def _backward(cfg: FlashConfig, res, do):
+  """dq over the per-q-block lists, then dk/dv over the transposed per-kv-block lists."""
   q, k, v, o, lse = res
-  b, h, lq_pad, d = q.shape
-  hk, lk_pad = k.shape[1], k.shape[2]
+  b, h, _, d = q.shape
+  hk = k.shape[1]
   rep = h // hk
   tabs = block_lists(cfg, rep)
   bq, bk = cfg.block_q, cfg.block_k
   delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1, keepdims=True)
-  semantics = pltpu.CompilerParams(
-      dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"))
 
   qw = tabs["q_width"]
-  q_map = lambda b_, h_, i, j, idx, kind: (b_, h_, i, 0)
-  kv_map = lambda b_, h_, i, j, idx, kind: (b_, h_ // rep, idx[i * qw + j], 0)
-  q_spec, row_spec = pl.BlockSpec((None, None, bq, d), q_map), pl.BlockSpec((None, None, bq, 1), q_map)
-  kv_spec = pl.BlockSpec((None, None, bk, d), kv_map)
+  q_spec, row_spec, kv_spec = _q_major_specs(cfg, rep, qw, d)
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, cfg=cfg, width=qw),
       grid_spec=pltpu.PrefetchScalarGridSpec(
@@ -288,24 +290,26 @@ def _backward(cfg: FlashConfig, res, do):
           in_specs=[q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec], out_specs=q_spec,
           scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)]),
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), interpret=cfg.interpret,
-      compiler_params=semantics, name="flash_attention_dq",
+      compiler_params=_SEMANTICS, name="flash_attention_dq",
   )(tabs["q_idx"], tabs["q_kind"], q, k, v, do, lse, delta)
 
+  # grid (b, kv head g, kv block kb, entry j over the rep q heads of g x their q-block lists)
   kw = tabs["k_width"]
-  qh_map = lambda b_, g, kb, j, idx, kind, head: (b_, g * rep + head[kb * kw + j], idx[kb * kw + j], 0)
+  q_map = lambda b_, g, kb, j, idx, kind, head: (b_, g * rep + head[kb * kw + j],
+                                                 idx[kb * kw + j], 0)
   own_map = lambda b_, g, kb, j, idx, kind, head: (b_, g, kb, 0)
-  qh_spec = pl.BlockSpec((None, None, bq, d), qh_map)
-  rowh_spec = pl.BlockSpec((None, None, bq, 1), qh_map)
+  q_spec = pl.BlockSpec((None, None, bq, d), q_map)
+  row_spec = pl.BlockSpec((None, None, bq, 1), q_map)
   own_spec = pl.BlockSpec((None, None, bk, d), own_map)
   dk, dv = pl.pallas_call(
       functools.partial(_dkdv_kernel, cfg=cfg, width=kw),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=3, grid=(b, hk, cfg.n_k, kw),
-          in_specs=[qh_spec, own_spec, own_spec, qh_spec, rowh_spec, rowh_spec],
+          in_specs=[q_spec, own_spec, own_spec, q_spec, row_spec, row_spec],
           out_specs=[own_spec, own_spec],
           scratch_shapes=[pltpu.VMEM((bk, d), jnp.float32), pltpu.VMEM((bk, d), jnp.float32)]),
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      interpret=cfg.interpret, compiler_params=semantics, name="flash_attention_dkdv",
+      interpret=cfg.interpret, compiler_params=_SEMANTICS, name="flash_attention_dkdv",
   )(tabs["k_idx"], tabs["k_kind"], tabs["k_head"], q, k, v, do, lse, delta)
   return dq, dk, dv
 
@@ -342,7 +346,8 @@ def _config(q, k, v, mask, q_offset, block_q, block_k, sm_scale, interpret) -> F
   if min(block_q, block_k) <= 0:
     raise ValueError(f"block sizes must be positive, got block_q={block_q}, block_k={block_k}")
   scale = q.shape[-1] ** -0.5 if sm_scale is None else float(sm_scale)
-  return FlashConfig(mask, int(q_offset), lq, lk, int(block_q), int(block_k), scale, bool(interpret))
+  return FlashConfig(mask, int(q_offset), lq, lk, int(block_q), int(block_k), scale,
+                     bool(interpret))
 
 
 def _to_kernel_layout(x_BLHD, block):
