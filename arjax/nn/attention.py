@@ -41,22 +41,27 @@ def xla_attention(q_BQHD, k_BKGD, v_BKGD, mask: masks_lib.MaskSpec, *, q_offset=
 
 
 def _pallas_reason(mask, q, k, cached: bool, static_offset: bool):
-  """None if the Pallas kernels can serve this call, else why not."""
-  try:
-    import kernels_pallas  # noqa: F401
-    supported = kernels_pallas.supported
-  except (ImportError, AttributeError) as e:
-    return f"kernels_pallas kernels unavailable ({e})"
+  """None if a Pallas kernel can serve this call, else why not."""
+  import kernels_pallas
+  backend = jax.default_backend()
   if cached:
-    return "cached decoding with a traced cache length goes through decode_attention, not flash_attention"
+    # The KV cache is contiguous with the queries as its last entries: causal decoding is exactly
+    # decode_attention(causal=True); other masks need positions the decode kernel does not take.
+    if not isinstance(mask, masks_lib.Causal):
+      return f"cached decoding with {mask} is served by XLA only (decode_attention takes causal masks)"
+    ok, reason = kernels_pallas.supported(mask, q.shape, k.shape, q.dtype, backend, kernel="decode")
+    return None if ok else reason
   if not static_offset:
     return "flash_attention needs a static q_offset"
-  ok, reason = supported(mask, q.shape, k.shape, q.dtype, jax.default_backend())
+  ok, reason = kernels_pallas.supported(mask, q.shape, k.shape, q.dtype, backend)
   return None if ok else reason
 
 
 def attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_offset=0, kv_valid_B=None, sm_scale=None, impl="auto"):
-  """Dispatches to the XLA reference or the Pallas block-sparse kernel."""
+  """Dispatches to the XLA reference, the Pallas block-sparse kernel or the Pallas decode kernel.
+
+  With kv_valid_B (a KV cache), the queries are the last q_len of the kv_valid_B[b] valid entries.
+  """
   if impl not in IMPLS:
     raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
   xla = lambda: xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_offset=q_offset, kv_valid_B=kv_valid_B,
@@ -70,4 +75,6 @@ def attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_offset=0, kv_valid_B=None, sm_s
     raise ValueError(f"attention impl='pallas' cannot serve {mask} with q {q_BQHD.shape}, "
                      f"k {k_BKGD.shape}: {reason}")
   import kernels_pallas
+  if kv_valid_B is not None:
+    return kernels_pallas.decode_attention(q_BQHD, k_BKGD, v_BKGD, kv_valid_B, causal=True, sm_scale=sm_scale)
   return kernels_pallas.flash_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_offset=q_offset, sm_scale=sm_scale)

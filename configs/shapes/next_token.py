@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def get_config(arg=None):
   c = base_config()
-  c.tokenizer = ml_collections.ConfigDict(dict(config=os.path.join(HERE, "vq.py"), workdir="", ema=True))
+  c.tokenizer = ml_collections.ConfigDict(dict(config=os.path.join(HERE, "vq.py"), workdir="", ema=False))
   c.model = dict(name="next_token", num_classes=8, width=192, label_drop=0.1,
                  transformer=dict(depth=4, heads=6, kv_heads=6, mlp="swiglu", mlp_ratio=3.0, norm="rms",
                                   qk_norm=True, pos="rope2d", impl="auto"))

@@ -35,9 +35,31 @@ def test_unknown_impl_and_unservable_pallas_raise():
   q = jnp.zeros((1, 4, 2, 8))
   with pytest.raises(ValueError, match="impl"):
     attn_lib.attention(q, q, q, masks.causal(), impl="cuda")
-  with pytest.raises(ValueError, match="pallas"):
-    attn_lib.attention(q, q, q, masks.causal(), kv_valid_B=jnp.array([4]), q_offset=jnp.int32(0),
+  with pytest.raises(ValueError, match="served by XLA only"):
+    attn_lib.attention(q, q, q, masks.block_causal((2, 2)), kv_valid_B=jnp.array([4]), q_offset=jnp.int32(0),
                        impl="pallas")
+
+
+@pytest.mark.parametrize("pos,qk_norm", [("rope2d", "rms"), ("rope1d", "l2")])
+def test_transformer_pallas_matches_xla_full_and_cached(pos, qk_norm):
+  """impl='pallas' (flash for the full pass, decode kernel for cached steps) equals impl='xla'."""
+  kw = dict(depth=2, heads=4, kv_heads=2, pos=pos, qk_norm=qk_norm)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 32))
+  positions = rope.grid_positions(3, 4) if pos == "rope2d" else None
+  params = nn.meta.unbox(Transformer(**kw, impl="xla").init(jax.random.PRNGKey(1), x, masks.causal(),
+                                                            positions=positions))
+  outs = {}
+  for impl in ("xla", "pallas"):
+    model = Transformer(**kw, impl=impl)
+    full, _ = model.apply(params, x, masks.causal(), positions=positions)
+    cache = cache_lib.init(2, 2, 12, 2, 8)
+    h1, cache = model.apply(params, x[:, :7], masks.causal(), positions=None if positions is None else positions[:7],
+                            cache=cache)
+    h2, cache = model.apply(params, x[:, 7:8], masks.causal(),
+                            positions=None if positions is None else positions[7:8], cache=cache)
+    outs[impl] = (full, h1, h2)
+  for a, b in zip(outs["xla"], outs["pallas"]):
+    np.testing.assert_allclose(a, b, atol=2e-5)
 
 
 def test_rope_is_relative():

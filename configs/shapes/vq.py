@@ -1,0 +1,25 @@
+"""VQ tokenizer for `shapes`: 32x32 RGB -> 8x8 tokens from a 256-entry l2-normalised 8-d codebook.
+
+  python -m arjax.main --config configs/shapes/vq.py --workdir runs/vq
+  python -m arjax.main --config configs/shapes/vq.py:smoke --workdir /tmp/vq
+Dead codes are restarted from batch latents every `train.maintain_every` steps (step 0 is the
+codebook initialisation).
+"""
+from arjax.config import base_config
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.model = dict(name="vq", image_size=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8,
+                 codebook_size=256, code_dim=8, beta=0.25, rec_loss="mse+l1")
+  c.data.batch_size = 64
+  c.optim.update(lr=2e-3, warmup_steps=100, weight_decay=0.0, b2=0.99)
+  c.train.update(steps=1500, log_every=50, ckpt_every=500, ema_decay=0.99, maintain_every=100)
+  if arg == "smoke":
+    c.model.update(ch=8, ch_mult=(1, 2, 2), codebook_size=32, norm_groups=4)
+    c.data.update(batch_size=8, num_examples=64)
+    c.optim.warmup_steps = 2
+    c.train.update(steps=4, log_every=2, ckpt_every=4, maintain_every=2)
+  elif arg:
+    raise ValueError(f"unknown preset {arg!r} for configs/shapes/vq.py; use smoke or nothing")
+  return c
