@@ -7,6 +7,9 @@ from arjax import config as config_lib
 
 # name -> "module:Class"; imported lazily so one broken paradigm does not break the others.
 MODELS = {
+    "masked_ar": "arjax.paradigms.masked_ar:MaskedAR",
+    "vae": "arjax.tokenizers.vae:VAETokenizer",
+    "block_diffusion": "arjax.paradigms.block_diffusion:BlockDiffusion",
     "vq": "arjax.tokenizers.vq:VQTokenizer",
     "next_token": "arjax.paradigms.next_token:NextToken",
 }

@@ -1,0 +1,31 @@
+"""Heads: small networks that turn a backbone feature into a distribution over one continuous token.
+
+Every head has init(rng, z_ND), loss(params, z_ND, x_NC, rng) -> per-row loss [N] and
+sample(params, z_ND, rng, *, steps, temperature, cfg_scale, z_uncond_ND, solver) -> [N, C].
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+HEAD_KEYS = ("kind", "width", "depth", "steps", "steps_end", "solver", "sde_scale", "batch_mul", "train_steps",
+             "clip_x0")
+
+
+def build(token_dim: int, cfg):
+  """The head named by cfg.kind: 'flow' (flow matching) or 'diffusion' (MAR-style DDPM)."""
+  from arjax import config as config_lib
+  config_lib.check_keys(cfg, HEAD_KEYS, "model.head")
+  if cfg.kind == "flow":
+    from arjax.heads.flow_matching import FlowMatchingHead
+    return FlowMatchingHead(token_dim, cfg)
+  if cfg.kind == "diffusion":
+    from arjax.heads.diffusion import DiffusionHead
+    return DiffusionHead(token_dim, cfg)
+  raise ValueError(f"model.head.kind must be 'flow' or 'diffusion', got {cfg.kind!r}")
+
+
+def annealed_steps(steps, steps_end, progress):
+  """DiSA: head steps go linearly from `steps` (progress 0) to `steps_end` (progress 1); steps_end <= 0 is off."""
+  if not steps_end or steps_end <= 0:
+    return steps
+  return jnp.round(steps + (steps_end - steps) * progress).astype(jnp.int32)

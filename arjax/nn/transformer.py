@@ -34,9 +34,10 @@ class Attention(nn.Module):
   qk_norm: object = False
   qkv_bias: bool = False
   impl: str = "auto"
+  out_bias: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, mask, angles_BLK=None, layer_cache=None, index=None):
+  def __call__(self, x_BLD, mask, angles_BLK=None, layer_cache=None, index=None, rope_keep_BL=None):
     d = x_BLD.shape[-1]
     hd = d // self.heads
     proj = lambda n, name, bias: nn.DenseGeneral(
@@ -61,6 +62,9 @@ class Attention(nn.Module):
       sm_scale = 1.0
     if angles_BLK is not None:
       q, k = rope_lib.apply_rope(q, angles_BLK), rope_lib.apply_rope(k, angles_BLK)
+    if rope_keep_BL is not None:  # an all-zero rotary table (LlamaGen's class token) zeroes q and k
+      keep = rope_keep_BL[:, :, None, None].astype(q.dtype)
+      q, k = q * keep, k * keep
     if layer_cache is None:
       out = attn_lib.attention(q, k, v, mask, sm_scale=sm_scale, impl=self.impl)
       new_cache = None
@@ -72,7 +76,8 @@ class Attention(nn.Module):
       new_cache = (k_all, v_all)
     out = nn.DenseGeneral(d, axis=(-2, -1), name="o",
                           kernel_init=nn.with_logical_partitioning(layers.default_init, ("heads", "kv", "embed")),
-                          use_bias=False)(out)
+                          use_bias=self.out_bias,
+                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(out)
     return out, new_cache
 
 
@@ -87,23 +92,34 @@ class Block(nn.Module):
   qkv_bias: bool = False
   adaln: bool = False
   impl: str = "auto"
+  out_bias: bool = False
+  drop_path: float = 0.0
 
   @nn.compact
-  def __call__(self, x_BLD, mask, angles_BLK=None, cond_BC=None, layer_cache=None, index=None):
+  def __call__(self, x_BLD, mask, angles_BLK=None, cond_BC=None, layer_cache=None, index=None, train=False,
+               rope_keep_BL=None):
     d = x_BLD.shape[-1]
     if self.adaln:
       sa, ca, ga, sm, cm, gm = layers.AdaLNModulation(d, 6, name="adaln")(cond_BC)
     h = layers.norm(self.norm, "norm1", use_scale=not self.adaln)(x_BLD)
     if self.adaln:
       h = layers.modulate(h, sa, ca)
-    h, new_cache = Attention(self.heads, self.kv_heads, self.qk_norm, self.qkv_bias, self.impl,
-                             name="attn")(h, mask, angles_BLK, layer_cache, index)
-    x_BLD = x_BLD + (ga * h if self.adaln else h)
+    h, new_cache = Attention(self.heads, self.kv_heads, self.qk_norm, self.qkv_bias, self.impl, self.out_bias,
+                             name="attn")(h, mask, angles_BLK, layer_cache, index, rope_keep_BL)
+    x_BLD = x_BLD + self._drop_path(ga * h if self.adaln else h, train)
     h = layers.norm(self.norm, "norm2", use_scale=not self.adaln)(x_BLD)
     if self.adaln:
       h = layers.modulate(h, sm, cm)
     h = layers.Mlp(int(d * self.mlp_ratio), self.mlp, name="mlp")(h)
-    return x_BLD + (gm * h if self.adaln else h), new_cache
+    return x_BLD + self._drop_path(gm * h if self.adaln else h, train), new_cache
+
+  def _drop_path(self, h_BLD, train):
+    """Stochastic depth: drops the whole residual branch per example (kept ones scaled by 1/keep)."""
+    if not train or self.drop_path <= 0:
+      return h_BLD
+    keep = 1.0 - self.drop_path
+    mask_B = jax.random.bernoulli(self.make_rng("dropout"), keep, (h_BLD.shape[0],))
+    return h_BLD * (mask_B[:, None, None] / keep).astype(h_BLD.dtype)
 
 
 class Transformer(nn.Module):
@@ -121,9 +137,13 @@ class Transformer(nn.Module):
   max_len: int = 1024
   rope_base: float = 10000.0
   impl: str = "auto"
+  out_bias: bool = False  # bias on the attention output projection (VAR)
+  drop_path: float = 0.0  # stochastic depth, rising linearly from 0 (block 0) to this (last block)
+  rope_zero_negative: bool = False  # positions < 0 get an all-zero rotary table (LlamaGen's class token)
 
   @nn.compact
-  def __call__(self, x_BLD, mask, *, positions=None, cond_BC=None, cache: cache_lib.KVCache = None):
+  def __call__(self, x_BLD, mask, *, positions=None, cond_BC=None, cache: cache_lib.KVCache = None,
+               train: bool = False):
     if self.pos not in POS_KINDS:
       raise ValueError(f"pos must be one of {POS_KINDS}, got {self.pos!r}")
     if self.adaln and cond_BC is None:
@@ -149,12 +169,14 @@ class Transformer(nn.Module):
       x_BLD = x_BLD + jnp.take(table, positions[..., 0], axis=0).astype(x_BLD.dtype)
     elif self.pos.startswith("rope"):
       angles = rope_lib.rope_angles(positions, d // self.heads, self.rope_base)
+    rope_keep = jnp.all(positions >= 0, axis=-1) if self.rope_zero_negative else None
     new_k, new_v = [], []
     for i in range(self.depth):
       layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+      rate = self.drop_path * i / max(self.depth - 1, 1)
       x_BLD, nc = Block(self.heads, self.kv_heads or self.heads, self.mlp_ratio, self.mlp, self.norm,
-                        self.qk_norm, self.qkv_bias, self.adaln, self.impl, name=f"block{i}")(
-                            x_BLD, mask, angles, cond_BC, layer_cache, index)
+                        self.qk_norm, self.qkv_bias, self.adaln, self.impl, self.out_bias, rate,
+                        name=f"block{i}")(x_BLD, mask, angles, cond_BC, layer_cache, index, train, rope_keep)
       if nc is not None:
         new_k.append(nc[0])
         new_v.append(nc[1])

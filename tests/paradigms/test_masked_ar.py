@@ -1,0 +1,80 @@
+"""MAR: mask-ratio distribution, the cosine unmasking schedule, MAE-style masking of unknown
+tokens, one head sample per token in order, and the smoke config."""
+import math
+import types
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from scipy import stats
+
+from arjax.paradigms import masked_ar
+from test_block_diffusion import smoke
+
+TOKENIZER = types.SimpleNamespace(grid=(4, 4), latent_dim=3)
+
+
+def make(kind="flow"):
+  block = dict(depth=1, heads=2, kv_heads=2, pos="learned", impl="xla")
+  cfg = ml_collections.ConfigDict(dict(
+      name="masked_ar", num_classes=3, width=32, label_drop=0.1, buffer=2, num_iter=4,
+      encoder=block, decoder=dict(block),
+      head=dict(kind=kind, width=32, depth=1, steps=3, steps_end=0, solver="euler", batch_mul=1)))
+  model = masked_ar.MaskedAR(cfg, TOKENIZER, None)
+  params = nn.meta.unbox(jax.jit(lambda r: model.init(r, None))(jax.random.PRNGKey(0)))
+  params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
+  return model, params
+
+
+def test_mask_ratio_is_the_truncated_normal():
+  r = np.asarray(masked_ar.mask_ratio(jax.random.PRNGKey(0), (20000,)))
+  assert r.min() >= 0.7 and r.max() <= 1.0
+  ref = stats.truncnorm((0.7 - 1) / 0.25, 0.0, loc=1.0, scale=0.25)
+  assert stats.kstest(r, ref.cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("n,iters", [(16, 4), (64, 8), (16, 16), (10, 1)])
+def test_unmask_schedule_is_marss_cosine(n, iters):
+  got = masked_ar.unmask_schedule(n, iters)
+  unknown, want = n, []
+  for s in range(iters):
+    left = 0 if s == iters - 1 else max(1, min(unknown - 1, math.floor(n * math.cos(math.pi / 2 * (s + 1) / iters))))
+    want.append(left)
+    unknown = left
+  assert got == want and got[-1] == 0 and all(a > b for a, b in zip([n] + got, got))
+
+
+def test_unknown_token_values_are_invisible():
+  model, params = make()
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 16, 3)), jnp.float32)
+  known = jnp.asarray(rng.uniform(size=(2, 16)) < 0.5)
+  f = jax.jit(lambda x: model.net.apply({"params": params["net"]}, x, known, jnp.array([0, 1])))
+  base = f(x)
+  assert np.abs(np.asarray(f(jnp.where(known[..., None], x, 5.0)) - base)).max() < 1e-5
+  assert np.abs(np.asarray(f(jnp.where(known[..., None], x + 1.0, x)) - base)).max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["flow", "diffusion"])
+def test_each_token_is_drawn_once_with_head_noise_and_cfg(kind):
+  model, params = make(kind)
+  lat = jax.jit(lambda p: model.sample_latents(p, jnp.array([0, 2]), jax.random.PRNGKey(3), cfg_scale=3.0,
+                                               steps=4))(params)
+  lat = np.asarray(lat)
+  assert lat.shape == (2, 4, 4, 3) and np.isfinite(lat).all()
+  assert (np.abs(lat).sum(-1) > 0).all()  # every position was filled
+  assert np.abs(lat[0] - lat[1]).max() > 1e-3
+
+
+def test_loss_counts_only_unknown_tokens():
+  model, params = make()
+  batch = dict(latent=jnp.ones((4, 4, 4, 3)), label=jnp.array([0, 1, 2, 0]))
+  loss, metrics = model.loss(params, batch, jax.random.PRNGKey(0))
+  assert np.isfinite(loss) and 0.7 <= float(metrics["mask_ratio"]) <= 1.0
+
+
+def test_smoke_config_trains_and_samples(tmp_path):
+  smoke("mar", tmp_path, cfg_scale=2.0)
