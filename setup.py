@@ -25,7 +25,8 @@ setup(
         "absl-py==2.5.1",
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "hypothesis==6.170.15", "pytest-xdist==3.8.0"],
+        "test": ["pytest==9.2.0", "hypothesis==6.170.15", "pytest-xdist==3.8.0", "tensorflow-datasets==4.9.10",
+             "torch==2.13.0", "safetensors==0.8.0"],
         "tfds": ["tensorflow-datasets==4.9.10"],
         "torch": ["torch==2.13.0", "safetensors==0.8.0"],
     },

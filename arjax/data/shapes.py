@@ -91,6 +91,7 @@ def example(index: int, split: str = "train", seed: int = 0, image_size: int = 3
   """One example: image uint8 [S,S,3], label, caption and the attribute ints shape/colour/position/size."""
   if split not in SPLITS:
     raise ValueError(f"split={split!r}: expected one of {sorted(SPLITS)}")
+  colours = check_colours(colours)
   rng = np.random.default_rng((seed, SPLITS[split], index))
   u = rng.random(13)
   shape, colour, position = int(u[0] * len(SHAPES)), int(u[1] * len(colours)), int(u[2] * 9)

@@ -8,7 +8,6 @@ Regenerate saved weights with: python scripts/train_judge.py --out PATH
 """
 from __future__ import annotations
 
-import functools
 import os
 import time
 import zipfile
@@ -33,6 +32,7 @@ class JudgeNet(nn.Module):
   num_colours: int
 
   def features(self, x_BHW3):
+    """Pooled features [B, 2*WIDTHS[-1]] (called from __call__, which owns the submodules)."""
     b, h, w, _ = x_BHW3.shape
     yy, xx = jnp.meshgrid(jnp.linspace(-1, 1, h), jnp.linspace(-1, 1, w), indexing="ij")
     coords_BHW2 = jnp.broadcast_to(jnp.stack([yy, xx], -1), (b, h, w, 2))
@@ -156,7 +156,7 @@ def save_params(path: str, params, colours=None, image_size=None) -> None:
 def _read(path: str):
   """(params, meta dict) from a judge .npz, validated against the JudgeNet structure."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"judge weights {path!r} not found (create them: python scripts/train_judge.py --out {path})")
+    raise FileNotFoundError(f"judge weights {path!r} not found (write them: python scripts/train_judge.py --out PATH)")
   try:
     with zipfile.ZipFile(path):  # an .npz is a zip archive; np.load would also accept a bare .npy
       pass

@@ -7,6 +7,7 @@ import signal
 import time
 
 import flax.linen as nn
+from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,8 +48,10 @@ def init_state(model, config, mesh, example_batch, tx):
   param_sh = sharding.param_shardings(abstract, mesh, rules)
   unboxed_init = lambda r: nn.meta.unbox(model.init(r, example_batch))
   params = jax.jit(unboxed_init, out_shardings=param_sh)(init_rng)
-  opt_state = jax.jit(tx.init)(params)
   rep = sharding.replicated(mesh)
+  # optimizer leaves that mirror params inherit their sharding; the rest (step counts) are replicated
+  opt_state = jax.tree.map(lambda x: x if len(x.sharding.device_set) == mesh.size else jax.device_put(x, rep),
+                           jax.jit(tx.init)(params))
   state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=params, opt_state=opt_state,
                      ema_params=jax.tree.map(jnp.copy, params), rng=jax.device_put(state_rng, rep))
   return state
@@ -71,6 +74,7 @@ def _log(writer, step, metrics, path):
 def train(config, workdir: str, model, evaluators=()):
   """Trains `model` (a Trainable) per `config`; resumes from workdir/checkpoints if present."""
   from tensorboardX import SummaryWriter
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.shape)
   ds = pipeline.make_dataset(config.data, split="train", seed=config.seed,
@@ -96,6 +100,7 @@ def train(config, workdir: str, model, evaluators=()):
                        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   maintain = getattr(model, "maintain", None)
   maintain = jax.jit(maintain, out_shardings=shardings.params) if maintain and config.train.maintain_every else None
+  maintain_rng = jax.random.PRNGKey(config.seed + 1)
   writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
   start, total = int(state.step), config.train.steps
   bar = tqdm(range(start, total), initial=start, total=total, disable=not config.train.progress,
@@ -105,7 +110,7 @@ def train(config, workdir: str, model, evaluators=()):
     for step in bar:
       batch = preprocess(sharding.global_batch(next(data_iter), mesh))
       if maintain is not None and step % config.train.maintain_every == 0:
-        state = state.replace(params=maintain(state.params, batch, jax.random.fold_in(state.rng, -step - 1)))
+        state = state.replace(params=maintain(state.params, batch, jax.random.fold_in(maintain_rng, step)))
       state, metrics = train_step(state, batch)
       done = step + 1
       if done % config.train.log_every == 0 or done == total:

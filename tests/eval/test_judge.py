@@ -10,7 +10,7 @@ from arjax.eval import judge
 
 @pytest.fixture(scope="module")
 def trained():
-  params = judge.train_judge(steps=150, batch_size=64, seed=0, progress=False)
+  params = judge.train_judge(steps=200, batch_size=64, seed=0, progress=False)
   images, targets = judge.real_data("test", 600)
   return params, images, targets
 
@@ -20,7 +20,7 @@ def test_short_run_classifies_held_out_images(trained):
   pred = judge.predict(params, images)
   assert set(pred) == {"label", "shape", "colour", "position"}
   acc = {k: float(np.mean(pred[k] == targets[k])) for k in pred}
-  assert acc["label"] >= 0.9 and acc["shape"] >= 0.9 and acc["colour"] >= 0.99 and acc["position"] >= 0.8, acc
+  assert acc["label"] >= 0.9 and acc["shape"] >= 0.9 and acc["colour"] >= 0.99 and acc["position"] >= 0.9, acc
   assert judge.accuracy(params, images, targets["label"]) == pytest.approx(acc["label"])
   assert judge.accuracy(params, images, (targets["label"] + 1) % 8) < 0.1
 
@@ -30,7 +30,7 @@ def test_input_conventions_and_chunking(trained):
   floats = images.astype(np.float32) / 127.5 - 1  # the pipeline / sampler convention
   f_uint8, f_float = judge.features(params, images), judge.features(params, floats)
   assert f_uint8.shape == (600, 128) and f_uint8.dtype == np.float32
-  np.testing.assert_allclose(f_uint8, f_float, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(f_uint8, f_float, rtol=1e-4, atol=1e-4)
   # 600 images run as chunks of 512 + 88 (padded to 128): the same numbers as batches of 300 and of 1
   halves = np.concatenate([judge.features(params, floats[:300]), judge.features(params, floats[300:])])
   np.testing.assert_allclose(f_float, halves, rtol=1e-4, atol=1e-5)
