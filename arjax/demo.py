@@ -18,6 +18,7 @@ import numpy as np
 from arjax import config as config_lib
 from arjax.data import pipeline
 from arjax.eval import grid, judge
+from arjax.eval import metrics as metrics_lib
 from arjax.main import run
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes")
@@ -39,7 +40,14 @@ def tokenizer_metrics(model, params, images):
   return dict(psnr_db=psnr, codebook_usage=usage)
 
 
-def main(workdir: str, samples_per_class: int = 8):
+def fid(judge_params, images_a, images_b) -> float:
+  """Frechet distance between two image sets in the judge's feature space (the offline feature net)."""
+  stats = [metrics_lib.feature_stats(np.asarray(judge.features(judge_params, x), np.float64))
+           for x in (images_a, images_b)]
+  return float(metrics_lib.frechet_distance(*stats[0], *stats[1]))
+
+
+def main(workdir: str, samples_per_class: int = 64, grid_per_class: int = 8):
   t0 = time.time()
   jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/arjax_jax"))
   vq_cfg = config_lib.load_config(os.path.join(CONFIGS, "vq.py"))
@@ -52,6 +60,7 @@ def main(workdir: str, samples_per_class: int = 8):
   print(f"[3/4] training (or loading) the judge -> {workdir}/judge.npz", flush=True)
   judge_params = judge.load_or_train(os.path.join(workdir, "judge.npz"), colours=tuple(nt_cfg.data.colours))
   images, labels = real_test_set(nt_cfg.data, 1024)
+  train_images = np.concatenate([b["image"] for b in pipeline.iterate_eval(nt_cfg.data, "train", 2048)])
   print("[4/4] sampling and judging", flush=True)
   from arjax import registry
   model = registry.build_model(nt_cfg)
@@ -60,13 +69,19 @@ def main(workdir: str, samples_per_class: int = 8):
   samples = model.sample(nt_state.ema_params, sample_labels, jax.random.PRNGKey(1234), **nt_cfg.sample)
   samples = np.asarray(samples)
   pred = judge.predict(judge_params, samples)["label"]
+  n_fid = min(len(samples), len(images))
   metrics = dict(
       sample_class_accuracy=float(np.mean(np.asarray(pred) == np.asarray(sample_labels))),
       judge_accuracy_real=float(judge.accuracy(judge_params, images, labels)),
+      fid_judge_features=dict(samples_vs_train=fid(judge_params, samples[:n_fid], train_images),
+                              heldout_real_vs_train=fid(judge_params, images[:n_fid], train_images),
+                              num_images=n_fid, reference_images=len(train_images)),
       tokenizer=tokenizer_metrics(model.tokenizer, model.tokenizer_params, jnp.asarray(images[:512])),
       next_token_final=nt_metrics, num_samples=int(len(samples)), sample_opts=dict(nt_cfg.sample),
       wall_time_s=round(time.time() - t0, 1))
-  grid.save_grid(samples, os.path.join(workdir, "samples.png"), ncols=samples_per_class, scale=4)
+  per_class = samples.reshape(n_cls, samples_per_class, *samples.shape[1:])[:, :grid_per_class]
+  grid.save_grid(per_class.reshape(-1, *samples.shape[1:]), os.path.join(workdir, "samples.png"),
+                 ncols=grid_per_class, scale=4)
   with open(os.path.join(workdir, "metrics.json"), "w") as f:
     json.dump(metrics, f, indent=2)
   print(json.dumps(metrics, indent=2))
@@ -77,6 +92,6 @@ def main(workdir: str, samples_per_class: int = 8):
 if __name__ == "__main__":
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default="runs/demo")
-  parser.add_argument("--samples_per_class", type=int, default=8)
+  parser.add_argument("--samples_per_class", type=int, default=64, help="samples judged per class")
   args = parser.parse_args()
   main(args.workdir, args.samples_per_class)

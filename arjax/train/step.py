@@ -30,22 +30,25 @@ def make_train_step(model, tx, lr_fn, *, ema_decay: float, compute_dtype=jnp.flo
     loss = loss.astype(jnp.float32)
     return loss, dict(metrics, loss=loss)
 
+  def grads_and_metrics(params, batch, rng):
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
+    return grads, metrics
+
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    micro = jax.tree.map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+    if grad_accum == 1:  # no loop: XLA:CPU runs convolutions inside a scan body far slower
+      grads, metrics = grads_and_metrics(state.params, batch, rng)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
 
-    def accumulate(carry, inputs):
-      i, mb = inputs
-      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state.params, mb, jax.random.fold_in(rng, i))
-      return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+      def accumulate(carry, inputs):
+        i, mb = inputs
+        return jax.tree.map(jnp.add, carry, grads_and_metrics(state.params, mb, jax.random.fold_in(rng, i))), None
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    _, metric_shapes = jax.eval_shape(loss_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
-    zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metric_shapes)
-    (grads, metrics), _ = jax.lax.scan(accumulate, (zeros, zeros_m), (jnp.arange(grad_accum), micro))
-    grads = jax.tree.map(lambda g: g / grad_accum, grads)
-    metrics = jax.tree.map(lambda m: m / grad_accum, metrics)
+      zeros = jax.eval_shape(grads_and_metrics, state.params, jax.tree.map(lambda x: x[0], micro), rng)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+      (grads, metrics), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
+      grads, metrics = jax.tree.map(lambda g: g / grad_accum, (grads, metrics))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params)
