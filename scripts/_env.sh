@@ -1,4 +1,5 @@
-# Sourced by demo.sh / test.sh: use the active virtualenv, or create ./.venv, and install arjax.
+# Sourced by demo.sh / test.sh: use the active virtualenv, or create ./.venv, and install arjax
+# with the extras in ARJAX_EXTRAS (e.g. '[test]').
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${VIRTUAL_ENV:-}" ]; then
@@ -6,5 +7,11 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   # shellcheck disable=SC1091
   . .venv/bin/activate
 fi
-python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -vE '^(WARNING|  )|^$' || true
+pip_log=$(mktemp)
+if ! python -m pip install -q --disable-pip-version-check -e ".${ARJAX_EXTRAS:-}" >"$pip_log" 2>&1; then
+  cat "$pip_log" >&2
+  echo "pip install of arjax${ARJAX_EXTRAS:-} failed (log above)" >&2
+  exit 1
+fi
+rm -f "$pip_log"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"

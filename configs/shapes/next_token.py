@@ -20,13 +20,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def get_config(arg=None):
   c = base_config()
   c.tokenizer = ml_collections.ConfigDict(dict(config=os.path.join(HERE, "vq.py"), workdir="", ema=False))
-  c.model = dict(name="next_token", num_classes=8, width=192, label_drop=0.1,
-                 transformer=dict(depth=4, heads=6, kv_heads=6, mlp="swiglu", mlp_ratio=3.0, norm="rms",
+  c.model = dict(name="next_token", num_classes=8, width=160, label_drop=0.1,
+                 transformer=dict(depth=4, heads=5, kv_heads=5, mlp="swiglu", mlp_ratio=3.0, norm="rms",
                                   qk_norm=True, pos="rope2d", impl="auto"))
   c.data.batch_size = 64
   c.optim.update(lr=2e-3, warmup_steps=100, weight_decay=0.05, b2=0.95)
-  c.train.update(steps=1200, log_every=50, ckpt_every=400, ema_decay=0.995)
-  c.sample.update(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=2.0, cfg_schedule="constant")
+  c.train.update(steps=1000, log_every=50, ckpt_every=500, ema_decay=0.995)
+  c.sample.update(temperature=1.0, top_k=50, top_p=1.0, cfg_scale=3.0, cfg_schedule="constant")
   if arg == "smoke":
     c.tokenizer.config = os.path.join(HERE, "vq.py") + ":smoke"
     c.model.width = 32
