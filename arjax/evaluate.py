@@ -15,14 +15,18 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-flags.DEFINE_string("checkpoint", None, "Workdir or checkpoints directory to evaluate.", required=True)
-flags.DEFINE_integer("num_samples", None, "Overrides num_samples of every evaluator.")
-flags.DEFINE_list("only", None, "Run only these evaluators (names in config.evals).")
-flags.DEFINE_string("output", None, "JSON output path (default <workdir>/eval/step<N>.json).")
-flags.DEFINE_bool("ema", True, "Evaluate the EMA parameters.")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
-config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=False)
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so importing this module is side-effect free)."""
+  flags.DEFINE_string("checkpoint", None, "Workdir or checkpoints directory to evaluate.", required=True)
+  flags.DEFINE_integer("num_samples", None, "Overrides num_samples of every evaluator.")
+  flags.DEFINE_list("only", None, "Run only these evaluators (names in config.evals).")
+  flags.DEFINE_string("output", None, "JSON output path (default <workdir>/eval/step<N>.json).")
+  flags.DEFINE_bool("ema", True, "Evaluate the EMA parameters.")
+  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=False)
 
 
 def checkpoint_dirs(path: str):
@@ -93,4 +97,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -10,9 +10,13 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.", required=True)
-config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so importing this module is side-effect free)."""
+  flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.", required=True)
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
 
 
 def run(config, workdir: str):
@@ -44,4 +48,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -12,6 +12,8 @@ MODELS = {
     "block_diffusion": "arjax.paradigms.block_diffusion:BlockDiffusion",
     "vq": "arjax.tokenizers.vq:VQTokenizer",
     "next_token": "arjax.paradigms.next_token:NextToken",
+    "msvq": "arjax.tokenizers.multiscale_vq:MultiScaleVQ",
+    "next_scale": "arjax.paradigms.next_scale:NextScale",
 }
 
 
