@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from arjax import cache as cache_lib
+from arjax import config as config_lib
 from arjax import masks
 from arjax.nn import layers
 from arjax.nn.transformer import Transformer
@@ -61,7 +62,12 @@ class NextScaleNet(nn.Module):
 class NextScale:
   """The next-scale paradigm as a Trainable: preprocess, init, loss, logits, sample_tokens, sample."""
 
+  KEYS = ("name", "num_classes", "width", "label_drop", "transformer")
+
   def __init__(self, cfg, tokenizer, tokenizer_params):
+    config_lib.check_keys(cfg, self.KEYS, "model")
+    config_lib.check_keys(cfg.transformer, Transformer.__dataclass_fields__.keys() - {"parent", "name", "adaln", "max_len"},
+                          "model.transformer")
     self.cfg = cfg
     self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
     self.patch_nums = tuple(tokenizer.patch_nums)

@@ -3,7 +3,9 @@
 Sequence: [class token, t_0, ..., t_{N-2}] -> predicts [t_0, ..., t_{N-1}]. One embedding table
 holds the V image tokens and C+1 class tokens (id V + c; the last class is the null class used
 for label dropout and CFG). With 2D RoPE, input i carries the grid position of the token it
-predicts, so every query knows where its output goes. Sampling runs a `lax.fori_loop` over the
+predicts, so every query knows where its output goes (cfg.rope_convention='llamagen' instead gives
+input i the grid position of token i - 1 and the class token an all-zero rotary table, which zeroes
+its q and k: LlamaGen's convention, for its converted weights). Sampling runs a `lax.fori_loop` over the
 N tokens with an explicit KV cache; CFG doubles the batch with null-class rows.
 """
 from __future__ import annotations
@@ -44,7 +46,7 @@ class NextTokenNet(nn.Module):
 class NextToken:
   """The next-token paradigm as a Trainable (see arjax/train): init, loss, preprocess, sample."""
 
-  KEYS = ("name", "num_classes", "width", "label_drop", "transformer")
+  KEYS = ("name", "num_classes", "width", "label_drop", "transformer", "rope_convention")
 
   def __init__(self, cfg, tokenizer, tokenizer_params):
     config_lib.check_keys(cfg, self.KEYS, "model")
@@ -58,12 +60,20 @@ class NextToken:
     tcfg = dict(cfg.transformer)
     if tcfg.get("pos") == "learned":
       tcfg["max_len"] = self.num_tokens
+    self.rope_convention = cfg.get("rope_convention", "predicted")
+    if self.rope_convention not in ("predicted", "llamagen"):
+      raise ValueError(f"rope_convention must be 'predicted' or 'llamagen', got {self.rope_convention!r}")
+    if self.rope_convention == "llamagen":
+      tcfg["rope_zero_negative"] = True
     self.net = NextTokenNet(tokenizer.vocab_size, cfg.num_classes, cfg.width, tcfg)
 
   def positions(self, start: int, length: int):
     """Positions of inputs [start, start+length): the grid position (or index) of the predicted token."""
     idx = jnp.arange(length) + start
     if self.net.transformer.get("pos") == "rope2d":
+      if self.rope_convention == "llamagen":  # the class token (input 0) gets (-1, -1): a zero table
+        grid = jnp.concatenate([jnp.full((1, 2), -1), rope_lib.grid_positions(*self.grid)])
+        return grid[idx]
       return rope_lib.grid_positions(*self.grid)[idx]
     return idx
 

@@ -1,5 +1,7 @@
 """Next-scale (VAR) paradigm: the scale-by-scale KV-cached pass equals the teacher-forced block-causal
 pass on the same tokens; sampling shapes, CFG and the loss."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,7 @@ TOK_CFG = dict(name="msvq", ch=8, ch_mult=(1, 1, 1), num_res_blocks=1, z_channel
                patch_nums=(1, 2, 3, 4), image_size=16, attn=False, mid_attn=True, norm_groups=4)
 
 
+@functools.lru_cache(maxsize=None)
 def make(drop_path=0.0):
   tok = MultiScaleVQ(TOK_CFG)
   tok_params = nn.meta.unbox(jax.jit(tok.init)(jax.random.PRNGKey(0), dict(image=jnp.zeros((1, 16, 16, 3)))))
@@ -94,3 +97,18 @@ def test_loss_label_drop_and_drop_path():
   assert abs(float(a) - float(b)) > 1e-6
   grads = jax.jit(jax.grad(lambda p: model.loss(p, batch, jax.random.PRNGKey(0))[0]))(params)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+def test_shapes_smoke_configs_train_and_sample(tmp_path):
+  """configs/shapes/msvq.py:smoke trains; configs/shapes/var.py:smoke trains on it and writes samples."""
+  import os
+  import subprocess
+  import sys
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  root = os.path.join(os.path.dirname(__file__), "..", "..")
+  for cfg, workdir, extra in (("msvq.py", "msvq", []), ("var.py", "var", [f"--config.tokenizer.workdir={tmp_path}/msvq"])):
+    proc = subprocess.run([sys.executable, "-m", "arjax.main", f"--config={root}/configs/shapes/{cfg}:smoke",
+                           f"--workdir={tmp_path}/{workdir}", "--config.train.progress=False"] + extra,
+                          capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert os.path.getsize(tmp_path / "var" / "samples.png") > 0

@@ -1,0 +1,216 @@
+"""Converters: synthetic state_dicts with the official key names and shapes (tiny VAR / LlamaGen) go
+into exactly the arjax param trees, with the right layouts; missing / mis-shaped / unknown keys are
+clear errors; files load with torch.load(weights_only=True) and round-trip through the orbax layout."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from arjax.convert import common, llamagen, var
+from arjax.paradigms.next_scale import NextScale
+from arjax.paradigms.next_token import NextToken
+from arjax.tokenizers.multiscale_vq import MultiScaleVQ
+
+torch = pytest.importorskip("torch")  # the [torch] extra; converters read torch files
+
+C, H, DEPTH, V, CV, NCLS, PN = 32, 2, 2, 16, 4, 3, (1, 2, 4)
+L = sum(p * p for p in PN)
+VQ = dict(name="msvq", ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=CV, code_dim=CV, vocab_size=V,
+          patch_nums=PN, image_size=8, attn=True, norm_groups=32)
+
+
+def ldm_keys(ch, ch_mult, nrb, z, fused_qkv, llamagen_names):
+  """name -> shape of an LDM/taming encoder+decoder in the official naming."""
+  out = {}
+  def conv(n, o, i, k):
+    out[n + ".weight"], out[n + ".bias"] = (o, i, k, k), (o,)
+  def norm(n, c):
+    out[n + ".weight"], out[n + ".bias"] = (c,), (c,)
+  def res(n, i, o):
+    norm(n + ".norm1", i), conv(n + ".conv1", o, i, 3), norm(n + ".norm2", o), conv(n + ".conv2", o, o, 3)
+    if i != o:
+      conv(n + ".nin_shortcut", o, i, 1)
+  def attn(n, c):
+    norm(n + ".norm", c)
+    if fused_qkv:
+      conv(n + ".qkv", 3 * c, c, 1)
+    else:
+      [conv(f"{n}.{x}", c, c, 1) for x in "qkv"]
+    conv(n + ".proj_out", c, c, 1)
+  levels = len(ch_mult)
+  down = ("conv_blocks", "res") if llamagen_names else ("down", "block")
+  up = ("conv_blocks", "res") if llamagen_names else ("up", "block")
+  conv("encoder.conv_in", ch, 3, 3)
+  cin = ch
+  for i, m in enumerate(ch_mult):
+    for j in range(nrb):
+      res(f"encoder.{down[0]}.{i}.{down[1]}.{j}", cin, ch * m)
+      cin = ch * m
+      if i == levels - 1:
+        attn(f"encoder.{down[0]}.{i}.attn.{j}", cin)
+    if i != levels - 1:
+      conv(f"encoder.{down[0]}.{i}.downsample.conv", cin, cin, 3)
+  for part in ("encoder", "decoder"):
+    names = ("mid.0", "mid.1", "mid.2") if llamagen_names else ("mid.block_1", "mid.attn_1", "mid.block_2")
+    c = ch * ch_mult[-1]
+    res(f"{part}.{names[0]}", c, c), attn(f"{part}.{names[1]}", c), res(f"{part}.{names[2]}", c, c)
+  norm("encoder.norm_out", cin), conv("encoder.conv_out", z, cin, 3)
+  conv("decoder.conv_in", ch * ch_mult[-1], z, 3)
+  cin = ch * ch_mult[-1]
+  for i in reversed(range(levels)):
+    idx = levels - 1 - i if llamagen_names else i
+    for j in range(nrb + 1):
+      res(f"decoder.{up[0]}.{idx}.{up[1]}.{j}", cin, ch * ch_mult[i])
+      cin = ch * ch_mult[i]
+      if i == levels - 1:
+        attn(f"decoder.{up[0]}.{idx}.attn.{j}", cin)
+    if i != 0:
+      conv(f"decoder.{up[0]}.{idx}.upsample.conv", cin, cin, 3)
+  norm("decoder.norm_out", cin), conv("decoder.conv_out", 3, cin, 3)
+  return out
+
+
+def var_vae_keys():
+  keys = ldm_keys(32, (1, 2), 1, CV, True, False)
+  keys.update({"quant_conv.weight": (CV, CV, 3, 3), "quant_conv.bias": (CV,), "post_quant_conv.weight": (CV, CV, 3, 3),
+               "post_quant_conv.bias": (CV,), "quantize.embedding.weight": (V, CV),
+               "quantize.ema_vocab_hit_SV": (len(PN), V)})
+  for k in range(4):
+    keys[f"quantize.quant_resi.qresi_ls.{k}.weight"], keys[f"quantize.quant_resi.qresi_ls.{k}.bias"] = (CV, CV, 3, 3), (CV,)
+  return keys
+
+
+def var_keys():
+  keys = {"class_emb.weight": (NCLS + 1, C), "pos_start": (1, 1, C), "pos_1LC": (1, L, C), "lvl_embed.weight": (len(PN), C),
+          "word_embed.weight": (C, CV), "word_embed.bias": (C,), "lvl_1L": (1, L), "attn_bias_for_masking": (1, 1, L, L),
+          "head_nm.ada_lin.1.weight": (2 * C, C), "head_nm.ada_lin.1.bias": (2 * C,), "head.weight": (V, C),
+          "head.bias": (V,)}
+  for i in range(DEPTH):
+    b = f"blocks.{i}."
+    keys.update({b + "attn.mat_qkv.weight": (3 * C, C), b + "attn.q_bias": (C,), b + "attn.v_bias": (C,),
+                 b + "attn.zero_k_bias": (C,), b + "attn.scale_mul_1H11": (1, H, 1, 1), b + "attn.proj.weight": (C, C),
+                 b + "attn.proj.bias": (C,), b + "ffn.fc1.weight": (4 * C, C), b + "ffn.fc1.bias": (4 * C,),
+                 b + "ffn.fc2.weight": (C, 4 * C), b + "ffn.fc2.bias": (C,), b + "ada_lin.1.weight": (6 * C, C),
+                 b + "ada_lin.1.bias": (6 * C,)})
+  return keys
+
+
+def random_sd(keys, seed=0):
+  g = torch.Generator().manual_seed(seed)
+  return {k: torch.randn(*s, generator=g) for k, s in keys.items()}
+
+
+def var_model():
+  tok = MultiScaleVQ(VQ)
+  cfg = ml_collections.ConfigDict(dict(name="next_scale", num_classes=NCLS, width=C, label_drop=0.1,
+                                       transformer=dict(depth=DEPTH, heads=H, mlp_ratio=4.0, impl="xla")))
+  return tok, NextScale(cfg, tok, None)
+
+
+def test_var_layouts_adaln_order_and_dropped_buffers():
+  _, model = var_model()
+  sd = common.to_numpy(random_sd(var_keys()))
+  p = var.convert_var(sd, model)
+  want = jax.tree.map(lambda x: x.shape, common.abstract_params(model, None))
+  assert jax.tree.map(lambda x: x.shape, p) == want
+  blk = p["transformer"]["block1"]
+  qkv = sd["blocks.1.attn.mat_qkv.weight"]
+  np.testing.assert_array_equal(blk["attn"]["k"]["kernel"][:, 1, 3], qkv[C + 16 + 3])  # head 1, dim 3 of k
+  np.testing.assert_array_equal(blk["attn"]["o"]["kernel"][1, 3], sd["blocks.1.attn.proj.weight"][:, 16 + 3])
+  np.testing.assert_array_equal(blk["attn"]["log_scale"], sd["blocks.1.attn.scale_mul_1H11"].ravel())
+  assert "bias" not in blk["attn"]["k"]  # VAR has no k bias
+  chunks = np.split(sd["blocks.1.ada_lin.1.bias"], 6)  # gamma1, gamma2, scale1, scale2, shift1, shift2
+  ours = np.split(blk["adaln"]["proj"]["bias"], 6)  # shift1, scale1, gamma1, shift2, scale2, gamma2
+  for o, t in zip(ours, (chunks[4], chunks[2], chunks[0], chunks[5], chunks[3], chunks[1])):
+    np.testing.assert_array_equal(o, t)
+  w = sd["head_nm.ada_lin.1.weight"]  # (scale, shift) -> arjax (shift, scale)
+  np.testing.assert_array_equal(p["transformer"]["final_adaln"]["proj"]["kernel"][:, :C], w[C:].T)
+  np.testing.assert_array_equal(p["transformer"]["pos_embed"], sd["pos_1LC"][0])
+
+
+def test_var_vqvae_splits_fused_qkv_and_transposes_convs():
+  tok, _ = var_model()
+  sd = common.to_numpy(random_sd(var_vae_keys()))
+  p = var.convert_vqvae(sd, tok)
+  want = jax.tree.map(lambda x: x.shape, common.abstract_params(tok, dict(image=jnp.zeros((1, 8, 8, 3)))))
+  assert jax.tree.map(lambda x: x.shape, p) == want
+  qkv = sd["encoder.down.1.attn.0.qkv.weight"]
+  np.testing.assert_array_equal(p["encoder"]["down_1_attn_0"]["v"]["kernel"][0, 0], qkv[128:, :, 0, 0].T)
+  np.testing.assert_array_equal(p["decoder"]["up_1_upsample"]["kernel"][2, 0, 5, 7],
+                                sd["decoder.up.1.upsample.conv.weight"][7, 5, 2, 0])
+  np.testing.assert_array_equal(p["phi_2"]["bias"], sd["quantize.quant_resi.qresi_ls.2.bias"])
+  # converted params run
+  img = jax.jit(tok.decode)(p, tok.encode(p, jnp.zeros((1, 8, 8, 3))))
+  assert img.shape == (1, 8, 8, 3)
+
+
+def test_llamagen_gpt_and_vq():
+  vq_cfg = dict(VQ, patch_nums=(4,), quant_resi=0.0, share_quant_resi=0, quant_conv_ks=1, l2_codes=True, z_channels=32)
+  tok = MultiScaleVQ(vq_cfg)
+  keys = ldm_keys(32, (1, 2), 1, 32, False, True)
+  keys.update({"quant_conv.weight": (CV, 32, 1, 1), "quant_conv.bias": (CV,), "post_quant_conv.weight": (32, CV, 1, 1),
+               "post_quant_conv.bias": (32,), "quantize.embedding.weight": (V, CV), "quantize.codebook_used": (65536,)})
+  sd = common.to_numpy(random_sd(keys))
+  tp = llamagen.convert_vq(sd, tok)
+  np.testing.assert_array_equal(tp["decoder"]["up_1_block_0"]["conv1"]["kernel"][1, 2, 3, 4],
+                                sd["decoder.conv_blocks.0.res.0.conv1.weight"][4, 3, 1, 2])  # level 1 = block 0
+  cfg = ml_collections.ConfigDict(dict(name="next_token", num_classes=NCLS, width=C, label_drop=0.1,
+                                       rope_convention="llamagen",
+                                       transformer=dict(depth=DEPTH, heads=H, kv_heads=1, mlp="swiglu", mlp_ratio=2.0,
+                                                        norm="rms", pos="rope2d", impl="xla")))
+  model = NextToken(cfg, tok, tp)
+  hd = C // H
+  gkeys = {"tok_embeddings.weight": (V, C), "cls_embedding.embedding_table.weight": (NCLS + 1, C), "norm.weight": (C,),
+           "output.weight": (V, C), "freqs_cis": (17, hd // 2, 2)}
+  for i in range(DEPTH):
+    b = f"layers.{i}."
+    gkeys.update({b + "attention.wqkv.weight": ((H + 2) * hd, C), b + "attention.wo.weight": (C, C),
+                  b + "feed_forward.w1.weight": (2 * C, C), b + "feed_forward.w3.weight": (2 * C, C),
+                  b + "feed_forward.w2.weight": (C, 2 * C), b + "attention_norm.weight": (C,), b + "ffn_norm.weight": (C,)})
+  sd = common.to_numpy(random_sd(gkeys, 1))
+  p = llamagen.convert_gpt(sd, model)
+  emb = p["embed"]["embedding"]
+  np.testing.assert_array_equal(emb[V + 2], sd["cls_embedding.embedding_table.weight"][2])
+  np.testing.assert_array_equal(p["transformer"]["block0"]["attn"]["v"]["kernel"][:, 0, 5],
+                                sd["layers.0.attention.wqkv.weight"][(H + 1) * hd + 5])
+  np.testing.assert_array_equal(p["transformer"]["block1"]["mlp"]["up"]["kernel"], sd["layers.1.feed_forward.w3.weight"].T)
+  tokens = jax.jit(lambda p: model.sample_tokens(p, jnp.array([0, 1]), jax.random.PRNGKey(0), temperature=0.0))(p)
+  assert tokens.shape == (2, 16)
+
+
+def test_bad_state_dicts_name_the_key(tmp_path):
+  _, model = var_model()
+  sd = common.to_numpy(random_sd(var_keys()))
+  with pytest.raises(common.ConversionError, match=r"blocks\.1\.ffn\.fc2\.bias.*missing"):
+    var.convert_var({k: v for k, v in sd.items() if k != "blocks.1.ffn.fc2.bias"}, model)
+  bad = dict(sd, **{"blocks.0.attn.mat_qkv.weight": np.zeros((3 * C, C + 1), np.float32)})
+  with pytest.raises(common.ConversionError, match=r"blocks\.0\.attn\.mat_qkv\.weight.*\(96, 33\).*\(96, 32\)"):
+    var.convert_var(bad, model)
+  with pytest.raises(common.ConversionError, match=r"blocks\.2\.ffn\.fc1\.weight"):  # a deeper model's weights
+    var.convert_var(dict(sd, **{"blocks.2.ffn.fc1.weight": sd["blocks.1.ffn.fc1.weight"]}), model)
+  tok, _ = var_model()
+  vsd = common.to_numpy(random_sd(var_vae_keys()))
+  del vsd["decoder.mid.attn_1.proj_out.bias"]
+  with pytest.raises(common.ConversionError, match=r"decoder/mid_attn_1/proj_out/bias"):
+    var.convert_vqvae(vsd, tok)
+  with pytest.raises(FileNotFoundError, match="nope.pth"):
+    common.load_state_dict(str(tmp_path / "nope.pth"))
+
+
+def test_files_load_safely_and_checkpoints_round_trip(tmp_path):
+  _, model = var_model()
+  sd = random_sd(var_keys())
+  torch.save({"model": sd, "ema": {k: v + 1 for k, v in sd.items()}}, tmp_path / "var.pth")
+  got = common.load_state_dict(str(tmp_path / "var.pth"))  # 'auto' picks 'model'
+  np.testing.assert_array_equal(got["head.bias"], sd["head.bias"].numpy())
+  ema = common.load_state_dict(str(tmp_path / "var.pth"), select="ema")
+  np.testing.assert_array_equal(ema["head.bias"], sd["head.bias"].numpy() + 1)
+  with pytest.raises(common.ConversionError, match="'optimizer'"):
+    common.load_state_dict(str(tmp_path / "var.pth"), select="optimizer")
+  params = var.convert_var(got, model)
+  common.save_params(params, str(tmp_path / "out"))
+  from arjax.train import checkpoint
+  back = checkpoint.load_params(str(tmp_path / "out" / "checkpoints"))
+  jax.tree.map(np.testing.assert_array_equal, back, params)
