@@ -6,6 +6,8 @@ hidden 2048, RMSNorm, 2D RoPE with LlamaGen's convention, 1 class token, 16x16 t
   python -m arjax.sample --config configs/imagenet256/llamagen_b.py --checkpoint runs/llamagen_b \
       --classes 207,360 --out grid.png
 Not exact: arjax's RMSNorm eps is 1e-6 (LlamaGen: 1e-5).
+Training (needs ImageNet prepared for TFDS as imagenet2012):
+  python -m arjax.main --config configs/imagenet256/llamagen_b.py --workdir runs/llamagen_b
 """
 import os
 

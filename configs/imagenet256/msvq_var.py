@@ -2,6 +2,8 @@
 codes of 32 dims shared by 10 scales (1..16), 4 partially shared phi convs (ratio 0.5), 3x3 quant convs.
 
   python -m arjax.convert --from var --ckpt var_d16.pth --vae vae_ch160v4096z32.pth --out DIR
+Training (needs ImageNet prepared for TFDS as imagenet2012):
+  python -m arjax.main --config configs/imagenet256/msvq_var.py --workdir runs/msvq_var
 """
 from arjax.config import base_config
 

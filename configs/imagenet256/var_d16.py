@@ -5,6 +5,8 @@ drop-path 0.1*16/24, 1000 classes + null class, 10 scales (680 tokens) over the 
   python -m arjax.sample --config configs/imagenet256/var_d16.py --checkpoint runs/var_d16 \
       --classes 207,360 --out grid.png
 VAR's guidance `cfg=c` (ramped linearly over scales) is cfg_scale=1+c with cfg_schedule='linear'.
+Training (needs ImageNet prepared for TFDS as imagenet2012):
+  python -m arjax.main --config configs/imagenet256/var_d16.py --workdir runs/var_d16
 """
 import os
 

@@ -2,6 +2,8 @@
 8-d codes, 1x1 quant convs: a one-scale multi-scale VQ without phi (16x16 tokens).
 
   python -m arjax.convert --from llamagen --ckpt c2i_B_256.pt --vae vq_ds16_c2i.pt --out DIR
+Training (needs ImageNet prepared for TFDS as imagenet2012):
+  python -m arjax.main --config configs/imagenet256/vq_llamagen.py --workdir runs/vq_llamagen
 """
 from arjax.config import base_config
 
