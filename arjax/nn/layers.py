@@ -17,13 +17,13 @@ def dense(features, axes: Sequence[str], *, use_bias=True, init=default_init, na
                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[-1],)))
 
 
-def norm(kind: str, name=None, use_scale=True):
-  """'rms' or 'layer' normalisation (eps 1e-6), scale over the 'embed' axis."""
+def norm(kind: str, name=None, use_scale=True, eps: float = 1e-6):
+  """'rms' or 'layer' normalisation, scale over the 'embed' axis."""
   if kind == "rms":
-    return nn.RMSNorm(epsilon=1e-6, use_scale=use_scale, name=name,
+    return nn.RMSNorm(epsilon=eps, use_scale=use_scale, name=name,
                       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)))
   if kind == "layer":
-    return nn.LayerNorm(epsilon=1e-6, use_scale=use_scale, use_bias=use_scale, name=name,
+    return nn.LayerNorm(epsilon=eps, use_scale=use_scale, use_bias=use_scale, name=name,
                         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
   raise ValueError(f"norm kind must be 'rms' or 'layer', got {kind!r}")

@@ -94,6 +94,7 @@ class Block(nn.Module):
   impl: str = "auto"
   out_bias: bool = False
   drop_path: float = 0.0
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x_BLD, mask, angles_BLK=None, cond_BC=None, layer_cache=None, index=None, train=False,
@@ -101,13 +102,13 @@ class Block(nn.Module):
     d = x_BLD.shape[-1]
     if self.adaln:
       sa, ca, ga, sm, cm, gm = layers.AdaLNModulation(d, 6, name="adaln")(cond_BC)
-    h = layers.norm(self.norm, "norm1", use_scale=not self.adaln)(x_BLD)
+    h = layers.norm(self.norm, "norm1", use_scale=not self.adaln, eps=self.norm_eps)(x_BLD)
     if self.adaln:
       h = layers.modulate(h, sa, ca)
     h, new_cache = Attention(self.heads, self.kv_heads, self.qk_norm, self.qkv_bias, self.impl, self.out_bias,
                              name="attn")(h, mask, angles_BLK, layer_cache, index, rope_keep_BL)
     x_BLD = x_BLD + self._drop_path(ga * h if self.adaln else h, train)
-    h = layers.norm(self.norm, "norm2", use_scale=not self.adaln)(x_BLD)
+    h = layers.norm(self.norm, "norm2", use_scale=not self.adaln, eps=self.norm_eps)(x_BLD)
     if self.adaln:
       h = layers.modulate(h, sm, cm)
     h = layers.Mlp(int(d * self.mlp_ratio), self.mlp, name="mlp")(h)
@@ -140,6 +141,7 @@ class Transformer(nn.Module):
   out_bias: bool = False  # bias on the attention output projection (VAR)
   drop_path: float = 0.0  # stochastic depth, rising linearly from 0 (block 0) to this (last block)
   rope_zero_negative: bool = False  # positions < 0 get an all-zero rotary table (LlamaGen's class token)
+  norm_eps: float = 1e-6  # LlamaGen uses 1e-5
 
   @nn.compact
   def __call__(self, x_BLD, mask, *, positions=None, cond_BC=None, cache: cache_lib.KVCache = None,
@@ -175,12 +177,12 @@ class Transformer(nn.Module):
       layer_cache = None if cache is None else (cache.k[i], cache.v[i])
       rate = self.drop_path * i / max(self.depth - 1, 1)
       x_BLD, nc = Block(self.heads, self.kv_heads or self.heads, self.mlp_ratio, self.mlp, self.norm,
-                        self.qk_norm, self.qkv_bias, self.adaln, self.impl, self.out_bias, rate,
+                        self.qk_norm, self.qkv_bias, self.adaln, self.impl, self.out_bias, rate, self.norm_eps,
                         name=f"block{i}")(x_BLD, mask, angles, cond_BC, layer_cache, index, train, rope_keep)
       if nc is not None:
         new_k.append(nc[0])
         new_v.append(nc[1])
-    x_BLD = layers.norm(self.norm, "final_norm", use_scale=not self.adaln)(x_BLD)
+    x_BLD = layers.norm(self.norm, "final_norm", use_scale=not self.adaln, eps=self.norm_eps)(x_BLD)
     if self.adaln:
       shift, scale = layers.AdaLNModulation(d, 2, name="final_adaln")(cond_BC)
       x_BLD = layers.modulate(x_BLD, shift, scale)

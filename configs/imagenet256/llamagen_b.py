@@ -26,7 +26,7 @@ def get_config(arg=None):
   c.tokenizer = ml_collections.ConfigDict(dict(config=os.path.join(HERE, "vq_llamagen.py"), workdir="", ema=True))
   c.model = dict(name="next_token", num_classes=1000, width=768, label_drop=0.1, rope_convention="llamagen",
                  transformer=dict(depth=12, heads=12, kv_heads=12, mlp="swiglu", mlp_ratio=8 / 3, norm="rms",
-                                  qk_norm=False, pos="rope2d", impl="auto"))
+                                  qk_norm=False, pos="rope2d", norm_eps=1e-5, impl="auto"))
   c.optim.update(lr=1e-4, warmup_steps=0, weight_decay=0.05, b1=0.9, b2=0.95, clip=1.0)
   c.train.update(steps=300_000, compute_dtype="bfloat16")
   c.sample.update(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=2.0, cfg_schedule="constant")
