@@ -33,6 +33,22 @@ def check_widths(ch: int, ch_mult: Sequence[int], groups: int):
     group_norm(groups, ch * m)
 
 
+def autoencoder_config(cfg, defaults: dict, rec_losses) -> tuple[dict, int, tuple]:
+  """Validated conv-autoencoder settings: (cfg merged over defaults, image_size, latent grid (h, w))."""
+  from arjax import config as config_lib
+  config_lib.check_keys(cfg, defaults.keys(), "model")
+  c = dict(defaults, **(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)))
+  if c["rec_loss"] not in rec_losses:
+    raise ValueError(f"model.rec_loss must be one of {rec_losses}, got {c['rec_loss']!r}")
+  factor = 2 ** (len(c["ch_mult"]) - 1)
+  if c["image_size"] % factor:
+    raise ValueError(f"model.image_size={c['image_size']} must be a multiple of the downsampling factor "
+                     f"2**(len(ch_mult)-1)={factor}")
+  check_widths(c["ch"], c["ch_mult"], c["norm_groups"])
+  image_size = int(c["image_size"])
+  return c, image_size, (image_size // factor,) * 2
+
+
 class ResBlock(nn.Module):
   """x + conv(SiLU(GN(conv(SiLU(GN(x)))))), with a 1x1 shortcut when the width changes."""
   out: int

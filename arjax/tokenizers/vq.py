@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from arjax import config as config_lib
 from arjax.nn import conv as conv_lib
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -123,18 +122,8 @@ class VQTokenizer:
   kind = "discrete"
 
   def __init__(self, cfg: ml_collections.ConfigDict):
-    config_lib.check_keys(cfg, DEFAULTS.keys(), "model")
-    c = dict(DEFAULTS, **(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)))
-    if c["rec_loss"] not in REC_LOSSES:
-      raise ValueError(f"model.rec_loss must be one of {REC_LOSSES}, got {c['rec_loss']!r}")
-    factor = 2 ** (len(c["ch_mult"]) - 1)
-    if c["image_size"] % factor:
-      raise ValueError(f"model.image_size={c['image_size']} must be a multiple of the downsampling factor "
-                       f"2**(len(ch_mult)-1)={factor}")
-    conv_lib.check_widths(c["ch"], c["ch_mult"], c["norm_groups"])
+    c, self.image_size, self.grid = conv_lib.autoencoder_config(cfg, DEFAULTS, REC_LOSSES)
     self.cfg = c
-    self.image_size = int(c["image_size"])
-    self.grid = (self.image_size // factor,) * 2
     self.vocab_size = int(c["codebook_size"])
     self.net = VQNet(int(c["ch"]), tuple(int(m) for m in c["ch_mult"]), int(c["num_res_blocks"]),
                      int(c["norm_groups"]), self.vocab_size, int(c["code_dim"]))
