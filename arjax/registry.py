@@ -10,6 +10,8 @@ MODELS = {
     "masked_ar": "arjax.paradigms.masked_ar:MaskedAR",
     "vae": "arjax.tokenizers.vae:VAETokenizer",
     "block_diffusion": "arjax.paradigms.block_diffusion:BlockDiffusion",
+    "next_x": "arjax.paradigms.next_x:NextX",
+    "scale_flow": "arjax.paradigms.scale_flow:ScaleFlow",
     "vq": "arjax.tokenizers.vq:VQTokenizer",
     "next_token": "arjax.paradigms.next_token:NextToken",
     "msvq": "arjax.tokenizers.multiscale_vq:MultiScaleVQ",

@@ -29,6 +29,7 @@ from arjax.heads.mlp import TimeEmbed
 from arjax.nn import layers
 from arjax.nn import rope as rope_lib
 from arjax.nn.transformer import Transformer
+from arjax.paradigms.latent import LatentParadigm
 from arjax.sampling import logits as logits_lib
 from arjax.sampling import ode
 
@@ -58,7 +59,7 @@ class BlockNet(nn.Module):
     return v.astype(jnp.float32), cache
 
 
-class BlockDiffusion:
+class BlockDiffusion(LatentParadigm):
   """ACDiT as a Trainable: preprocess / init / loss / sample_latents / sample."""
 
   def __init__(self, cfg, tokenizer, tokenizer_params):
@@ -116,10 +117,15 @@ class BlockDiffusion:
     flags = jnp.concatenate([jnp.broadcast_to(clean, (b, s)), jnp.zeros((b, s), bool)], 1)
     return inputs, t, flags, np.concatenate([self.positions, self.positions]), slice(s, 2 * s)
 
+  def noised(self, x1_BSC, rng):
+    """(x_t, t [B, S], eps): one time t ~ U(0, 1) per entity, shared by its tokens, on the linear path."""
+    k_t, k_e = jax.random.split(rng)
+    t_BK = jax.random.uniform(k_t, (x1_BSC.shape[0], len(self.sizes)))
+    t_BS = jnp.repeat(t_BK, np.asarray(self.sizes), axis=1, total_repeat_length=x1_BSC.shape[1])
+    eps = jax.random.normal(k_e, x1_BSC.shape)
+    return t_BS[..., None] * x1_BSC + (1 - t_BS[..., None]) * eps, t_BS, eps
+
   # ---- Trainable ----
-  def preprocess(self, batch):
-    """Images -> scaled VAE latents [B, h, w, C] with the frozen tokenizer."""
-    return dict(latent=self.tokenizer.encode(self.tokenizer_params, batch["image"]), label=batch["label"])
 
   def init(self, rng, batch):
     seq = jnp.zeros((1, sum(self.sizes), self.token_dim))
@@ -129,13 +135,10 @@ class BlockDiffusion:
   def loss(self, params, batch, rng, train=True):
     x1 = self.split(batch["latent"].astype(jnp.float32))
     label = batch["label"]
-    k_drop, k_t, k_e = jax.random.split(rng, 3)
+    k_drop, k_noise = jax.random.split(rng)
     if train and self.cfg.label_drop > 0:
       label = jnp.where(jax.random.bernoulli(k_drop, self.cfg.label_drop, label.shape), self.num_classes, label)
-    t_BK = jax.random.uniform(k_t, (x1.shape[0], len(self.sizes)))
-    t_BS = jnp.repeat(t_BK, np.asarray(self.sizes), axis=1, total_repeat_length=x1.shape[1])
-    eps = jax.random.normal(k_e, x1.shape)
-    xt = t_BS[..., None] * x1 + (1 - t_BS[..., None]) * eps
+    xt, t_BS, eps = self.noised(x1, k_noise)
     inputs, t, flags, pos, out = self.train_inputs(x1, xt, t_BS)
     v, _ = self.net.apply({"params": params}, inputs, label, t, flags, self.mask(), pos)
     mse = jnp.mean(jnp.square(v[:, out] - (x1 - eps)))
@@ -179,13 +182,3 @@ class BlockDiffusion:
                        jnp.broadcast_to(clean, xin.shape[:2]), positions=pos, cache=cache)
       out.append(xk)
     return self.merge(jnp.concatenate(out, 1))
-
-  @functools.partial(jax.jit, static_argnums=0,
-                     static_argnames=("cfg_scale", "cfg_schedule", "steps", "steps_end", "solver"))
-  def sample(self, params, label_B, rng, *, temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0,
-             cfg_schedule="constant", steps=None, steps_end=None, solver=None):
-    """Images [B, H, W, 3] in [-1, 1] for labels [B] (top_k / top_p are categorical-only and ignored)."""
-    del top_k, top_p
-    lat = self.sample_latents(params, label_B, rng, temperature=temperature, cfg_scale=cfg_scale,
-                              cfg_schedule=cfg_schedule, steps=steps, steps_end=steps_end, solver=solver)
-    return self.tokenizer.decode(self.tokenizer_params, lat)

@@ -12,7 +12,6 @@ fraction of known tokens; head steps optionally annealed over the steps (DiSA).
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import flax.linen as nn
@@ -24,6 +23,7 @@ from arjax import heads
 from arjax import masks
 from arjax.nn import layers
 from arjax.nn.transformer import Transformer
+from arjax.paradigms.latent import LatentParadigm
 from arjax.sampling import logits as logits_lib
 
 MASK_MEAN, MASK_STD, MASK_MIN, MASK_MAX = 1.0, 0.25, 0.7, 1.0
@@ -71,7 +71,7 @@ class MarNet(nn.Module):
     return h[:, self.buffer:]
 
 
-class MaskedAR:
+class MaskedAR(LatentParadigm):
   """MAR as a Trainable: preprocess / init / loss / sample_latents / sample; params = {net, head}."""
 
   def __init__(self, cfg, tokenizer, tokenizer_params):
@@ -85,9 +85,6 @@ class MaskedAR:
     self.net = MarNet(cfg.num_classes, cfg.width, cfg.buffer, tcfg(cfg.encoder), tcfg(cfg.decoder))
     self.head = heads.build(self.token_dim, cfg.head)
 
-  def preprocess(self, batch):
-    """Images -> scaled VAE latents [B, h, w, C] with the frozen tokenizer."""
-    return dict(latent=self.tokenizer.encode(self.tokenizer_params, batch["image"]), label=batch["label"])
 
   def init(self, rng, batch):
     k1, k2 = jax.random.split(rng)
@@ -140,14 +137,3 @@ class MaskedAR:
       known = known.at[rows, idx].set(True)
       prev = n_left
     return tokens.reshape(b, *self.grid, c)
-
-  @functools.partial(jax.jit, static_argnums=0,
-                     static_argnames=("cfg_scale", "cfg_schedule", "num_iter", "steps", "steps_end", "solver"))
-  def sample(self, params, label_B, rng, *, temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0,
-             cfg_schedule="linear", num_iter=None, steps=None, steps_end=None, solver=None):
-    """Images [B, H, W, 3] in [-1, 1] for labels [B] (top_k / top_p are categorical-only and ignored)."""
-    del top_k, top_p
-    lat = self.sample_latents(params, label_B, rng, temperature=temperature, cfg_scale=cfg_scale,
-                              cfg_schedule=cfg_schedule, num_iter=num_iter, steps=steps, steps_end=steps_end,
-                              solver=solver)
-    return self.tokenizer.decode(self.tokenizer_params, lat)

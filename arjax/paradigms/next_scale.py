@@ -29,7 +29,8 @@ VAR_TRANSFORMER = dict(mlp="gelu_tanh", norm="layer", qk_norm="l2", qkv_bias=Tru
 
 
 class NextScaleNet(nn.Module):
-  """Start tokens / scale inputs + class AdaLN -> block-causal transformer -> logits over V codes."""
+  """Start tokens / scale inputs + class AdaLN -> block-causal transformer -> logits over V codes
+  (vocab_size=0: the final features [B, L, D] instead, for a continuous head as in FlowAR)."""
   vocab_size: int
   num_classes: int
   width: int
@@ -55,6 +56,8 @@ class NextScaleNet(nn.Module):
     h_BLD, cache = Transformer(**self.transformer, adaln=True, max_len=sum(sizes), name="transformer")(
         x_BLD, masks.block_causal(sizes), positions=jnp.arange(offset, offset + n), cond_BC=cond_BD,
         cache=cache, train=train)
+    if not self.vocab_size:
+      return h_BLD, cache
     logits = layers.dense(self.vocab_size, ("embed", "vocab"), name="head")(h_BLD)
     return logits.astype(jnp.float32), cache
 

@@ -24,9 +24,13 @@ def make(block, pos="rope2d", with_params=True):
   model = BlockDiffusion(cfg, TOKENIZER, None)
   if not with_params:
     return model, None
+  return model, random_params(model)
+
+
+def random_params(model):
+  """Initial parameters plus noise, so that zero-initialised output layers do not hide bugs."""
   params = nn.meta.unbox(jax.jit(lambda r: model.init(r, None))(jax.random.PRNGKey(0)))
-  params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
-  return model, params
+  return jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
 
 
 def scam_by_rule(block, n):
