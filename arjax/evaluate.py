@@ -65,7 +65,7 @@ def evaluate(config, checkpoint: str, *, num_samples=None, only=None, ema=True, 
   step = ckpt_lib.Checkpointer(ckpt_dir, create=False).latest_step()
   params = ckpt_lib.load_params(ckpt_dir, ema=ema)
   results = {}
-  for ev in build_evaluators(evals, model, workdir, data_cfg=config.data):
+  for ev in build_evaluators(evals, model, workdir, data_cfg=config.data, sample_cfg=config.sample):
     for k, v in ev.run(params, jax.random.PRNGKey(config.seed), step).items():
       results[f"{ev.name}/{k}"] = float(v)
   if jax.process_index() == 0:

@@ -27,7 +27,7 @@ def run(config, workdir: str):
   evaluators = []
   if len(config.evals):
     from arjax import eval as eval_lib
-    evaluators = eval_lib.build_evaluators(config.evals, model, workdir, data_cfg=config.data)
+    evaluators = eval_lib.build_evaluators(config.evals, model, workdir, data_cfg=config.data, sample_cfg=config.sample)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))

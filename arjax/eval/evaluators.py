@@ -248,11 +248,12 @@ class BpdEval(Evaluator):
 TYPES = {"judge": JudgeEval, "fid": FeatureEval, "is": FeatureEval, "pr": FeatureEval, "bpd": BpdEval}
 
 
-def build_evaluators(evals_cfg, model, workdir: str, data_cfg=None) -> list:
+def build_evaluators(evals_cfg, model, workdir: str, data_cfg=None, sample_cfg=None) -> list:
   """One evaluator per entry of config.evals (name -> dict(type=..., every=..., num_samples=..., ...)).
 
   data_cfg (config.data) gives the real images of `split` (FID / PR reference, captions, bpd) and the judge's
-  colours; workdir is part of the trainer's protocol (results are logged by the caller).
+  colours; sample_cfg (config.sample) is the sampling evaluators' sample_opts unless an entry sets its own;
+  workdir is part of the trainer's protocol (results are logged by the caller).
   """
   del workdir
   out = []
@@ -262,5 +263,7 @@ def build_evaluators(evals_cfg, model, workdir: str, data_cfg=None) -> list:
     if kind not in TYPES:
       raise ValueError(f"config.evals.{name}.type={kind!r}: expected one of {sorted(TYPES)}")
     config_lib.check_keys(entry, DEFAULTS[kind], f"evals.{name}")
+    if "sample_opts" in DEFAULTS[kind] and "sample_opts" not in entry and sample_cfg is not None:
+      entry["sample_opts"] = dict(sample_cfg)
     out.append(TYPES[kind](name, dict(DEFAULTS[kind], **entry), model, data_cfg))
   return out

@@ -27,6 +27,7 @@ def get_config(arg=None):
   c.optim.update(lr=1e-3, warmup_steps=100, weight_decay=0.02, b2=0.95)
   c.train.update(steps=1500, log_every=50, ckpt_every=500, ema_decay=0.995)
   c.sample.update(temperature=1.0, cfg_scale=2.0, cfg_schedule="linear")
+  c.evals.judge = dict(type="judge", every=1500, num_samples=512)
   if arg == "smoke":
     c.tokenizer.config = os.path.join(HERE, "vae.py") + ":smoke"
     c.model.update(width=32, buffer=1, num_iter=3)
@@ -36,6 +37,7 @@ def get_config(arg=None):
     c.data.update(batch_size=8, num_examples=64)
     c.optim.warmup_steps = 2
     c.train.update(steps=3, log_every=1, ckpt_every=3, num_sample_images=2, progress=False)
+    c.evals = ml_collections.ConfigDict()
   elif arg:
     raise ValueError(f"unknown preset {arg!r} for configs/shapes/mar.py; use smoke or nothing")
   return c

@@ -5,6 +5,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -93,6 +94,22 @@ def test_judge_class_accuracy_real_vs_noise(lookup_judge, bank, data_cfg):
   noise = _run(cfg, BankModel(bank, noise=True), data_cfg)
   assert real == dict(accuracy=1.0)
   assert noise["accuracy"] < 0.35, noise  # chance is 1/8
+
+
+def test_sampling_evaluators_use_the_experiments_sample_settings_unless_given(lookup_judge, bank, data_cfg):
+  seen = []
+
+  class Recording(BankModel):
+    def sample(self, params, cond, rng, **opts):
+      seen.append(opts)
+      return super().sample(params, cond, rng, temperature=opts.get("temperature", 1.0))
+
+  sample_cfg = ml_collections.ConfigDict(dict(temperature=0.5, cfg_scale=3.0))
+  for entry, want in [(dict(), dict(temperature=0.5, cfg_scale=3.0)), (dict(sample_opts={}), {})]:
+    (ev,) = build_evaluators(dict(j=dict(type="judge", num_samples=8, batch_size=8, **entry)), Recording(bank),
+                             "/tmp/x", data_cfg=data_cfg, sample_cfg=sample_cfg)
+    ev.run({}, jax.random.PRNGKey(0), 0)
+    assert seen[-1] == want
 
 
 def test_judge_labels_cycle_over_classes(lookup_judge, bank, data_cfg):
