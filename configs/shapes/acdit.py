@@ -24,9 +24,9 @@ def get_config(arg=None):
                                   qk_norm=True, pos="rope2d", impl="auto"))
   c.data.batch_size = 64
   c.optim.update(lr=1e-3, warmup_steps=100, weight_decay=0.05, b2=0.95)
-  c.train.update(steps=1500, log_every=50, ckpt_every=500, ema_decay=0.995)
+  c.train.update(steps=1000, log_every=50, ckpt_every=500, ema_decay=0.995)
   c.sample.update(temperature=1.0, cfg_scale=2.0, cfg_schedule="linear")
-  c.evals.judge = dict(type="judge", every=1500, num_samples=512)
+  c.evals.judge = dict(type="judge", every=1000, num_samples=512)
   if arg == "smoke":
     c.tokenizer.config = os.path.join(HERE, "vae.py") + ":smoke"
     c.model.update(width=32, block_size=16)

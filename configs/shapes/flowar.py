@@ -25,12 +25,12 @@ def get_config(arg=None):
                  transformer=dict(depth=4, heads=6, kv_heads=6, mlp="swiglu", mlp_ratio=3.0, norm="rms",
                                   qk_norm=True, pos="learned", impl="auto"),
                  head=dict(kind="flow", width=256, depth=3, steps=25, steps_end=0, solver="euler",
-                           sde_scale=1.0, batch_mul=4))
+                           sde_scale=1.0, batch_mul=2))
   c.data.batch_size = 64
   c.optim.update(lr=1e-3, warmup_steps=100, weight_decay=0.05, b2=0.95)
-  c.train.update(steps=1500, log_every=50, ckpt_every=500, ema_decay=0.995)
+  c.train.update(steps=1000, log_every=50, ckpt_every=500, ema_decay=0.995)
   c.sample.update(temperature=1.0, cfg_scale=3.0, cfg_schedule="linear")
-  c.evals.judge = dict(type="judge", every=1500, num_samples=512)
+  c.evals.judge = dict(type="judge", every=1000, num_samples=512)
   if arg == "smoke":
     c.tokenizer.config = os.path.join(HERE, "vae.py") + ":smoke"
     c.model.width = 32
