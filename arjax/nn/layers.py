@@ -50,17 +50,26 @@ class Mlp(nn.Module):
 
 
 class AdaLNModulation(nn.Module):
-  """cond [B, C] or per-token [B, L, C] -> n chunks of [B, 1 or L, D] (zero-initialised)."""
+  """cond [B, C] or per-token [B, L, C] -> n chunks of [B, 1 or L, D] (zero-initialised).
+
+  Chunks are (shift, scale[, gate]) groups of 3 (or 2: shift, scale). Where keep_BL is False they
+  are the identity modulation: shift = scale = 0, gate = 1.
+  """
   features: int
   n: int
 
   @nn.compact
-  def __call__(self, cond_BC):
+  def __call__(self, cond_BC, keep_BL=None):
     out = dense(self.n * self.features, ("embed", "mlp"), init=nn.initializers.zeros,
                 name="proj")(nn.silu(cond_BC))
     if out.ndim == 2:
       out = out[:, None, :]
-    return jnp.split(out, self.n, axis=-1)
+    chunks = jnp.split(out, self.n, axis=-1)
+    if keep_BL is None:
+      return chunks
+    keep = keep_BL[..., None]
+    is_gate = lambda i: self.n % 3 == 0 and i % 3 == 2
+    return [jnp.where(keep, c, 1.0 if is_gate(i) else 0.0) for i, c in enumerate(chunks)]
 
 
 def modulate(x_BLD, shift_B1D, scale_B1D):

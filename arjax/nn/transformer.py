@@ -82,7 +82,8 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm block; with `adaln`, norms are un-scaled and modulated by cond (shift/scale/gate x2)."""
+  """Pre-norm block; with `adaln`, norms are un-scaled and modulated by cond (shift/scale/gate x2)
+  on the tokens where adaln_keep_BL is True (all if None); the others pass through unmodulated."""
   heads: int
   kv_heads: int
   mlp_ratio: float = 4.0
@@ -98,10 +99,10 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, mask, angles_BLK=None, cond_BC=None, layer_cache=None, index=None, train=False,
-               rope_keep_BL=None):
+               rope_keep_BL=None, adaln_keep_BL=None):
     d = x_BLD.shape[-1]
     if self.adaln:
-      sa, ca, ga, sm, cm, gm = layers.AdaLNModulation(d, 6, name="adaln")(cond_BC)
+      sa, ca, ga, sm, cm, gm = layers.AdaLNModulation(d, 6, name="adaln")(cond_BC, adaln_keep_BL)
     h = layers.norm(self.norm, "norm1", use_scale=not self.adaln, eps=self.norm_eps)(x_BLD)
     if self.adaln:
       h = layers.modulate(h, sa, ca)
@@ -145,7 +146,8 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, mask, *, positions=None, cond_BC=None, cache: cache_lib.KVCache = None,
-               train: bool = False):
+               train: bool = False, adaln_keep_BL=None):
+    """adaln_keep_BL (bool [B, L]): which tokens AdaLN modulates (ACDiT: only the noised ones); None = all."""
     if self.pos not in POS_KINDS:
       raise ValueError(f"pos must be one of {POS_KINDS}, got {self.pos!r}")
     if self.adaln and cond_BC is None:
@@ -178,13 +180,14 @@ class Transformer(nn.Module):
       rate = self.drop_path * i / max(self.depth - 1, 1)
       x_BLD, nc = Block(self.heads, self.kv_heads or self.heads, self.mlp_ratio, self.mlp, self.norm,
                         self.qk_norm, self.qkv_bias, self.adaln, self.impl, self.out_bias, rate, self.norm_eps,
-                        name=f"block{i}")(x_BLD, mask, angles, cond_BC, layer_cache, index, train, rope_keep)
+                        name=f"block{i}")(x_BLD, mask, angles, cond_BC, layer_cache, index, train, rope_keep,
+                                         adaln_keep_BL)
       if nc is not None:
         new_k.append(nc[0])
         new_v.append(nc[1])
     x_BLD = layers.norm(self.norm, "final_norm", use_scale=not self.adaln, eps=self.norm_eps)(x_BLD)
     if self.adaln:
-      shift, scale = layers.AdaLNModulation(d, 2, name="final_adaln")(cond_BC)
+      shift, scale = layers.AdaLNModulation(d, 2, name="final_adaln")(cond_BC, adaln_keep_BL)
       x_BLD = layers.modulate(x_BLD, shift, scale)
     new_cache = None if cache is None else cache_lib.advance(cache, new_k, new_v, l)
     return x_BLD, new_cache

@@ -3,8 +3,8 @@
 Training sequence: [clean blocks ; noised blocks] (length 2N) under the skip_causal MaskSpec
 (clean b sees clean <= b; noised b sees noised b and clean < b). Each block gets its own time
 t ~ U(0, 1) on the linear flow path x_t = t x + (1 - t) eps, and the transformer's final linear
-layer predicts the velocity x - eps of the noised tokens. AdaLN carries class + time on the noised
-tokens only: clean tokens get class + a learned 'clean' vector instead of a time embedding.
+layer predicts the velocity x - eps of the noised tokens. AdaLN (class + time) modulates the noised
+tokens only; clean tokens pass through the blocks' norms unmodulated (ACDiT's cond_length split).
 Clean and noised copies of a token share its (2D RoPE or learned) position.
 
 Sampling denoises entity (block) by entity with an ODE solver; the KV cache holds the clean
@@ -40,21 +40,17 @@ class BlockNet(nn.Module):
   num_classes: int
   width: int
   transformer: dict
-  clean_embed: bool = True  # False: the clean flags are ignored (xAR marks clean context by t = 1)
+  clean_unmodulated: bool = True  # False: the clean flags are ignored (xAR marks clean context by t = 1)
 
   @nn.compact
   def __call__(self, x_BLC, label_B, t_BL, clean_BL, mask, positions, cache=None):
     h = layers.dense(self.width, (None, "embed"), name="in")(x_BLC)
     cls = nn.Embed(self.num_classes + 1, self.width, name="class_embed",
                    embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
-    time = TimeEmbed(self.width, name="time")(t_BL * 1000.0)
-    if self.clean_embed:
-      clean_vec = self.param("clean_embed", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
-                             (self.width,))
-      time = jnp.where(clean_BL[..., None], clean_vec, time)
-    cond_BLD = cls(label_B)[:, None, :] + time
+    cond_BLD = cls(label_B)[:, None, :] + TimeEmbed(self.width, name="time")(t_BL * 1000.0)
     h, cache = Transformer(**self.transformer, adaln=True, name="transformer")(
-        h, mask, positions=positions, cond_BC=cond_BLD, cache=cache)
+        h, mask, positions=positions, cond_BC=cond_BLD, cache=cache,
+        adaln_keep_BL=~clean_BL if self.clean_unmodulated else None)
     v = layers.dense(self.token_dim, ("embed", None), init=nn.initializers.zeros, name="out")(h)
     return v.astype(jnp.float32), cache
 
@@ -73,9 +69,9 @@ class BlockDiffusion(LatentParadigm):
     self.setup_entities()
     tcfg = dict(cfg.transformer)
     tcfg["max_len"] = int(np.max(self.positions)) + 1
-    self.net = BlockNet(self.token_dim, cfg.num_classes, cfg.width, tcfg, clean_embed=self.learned_clean)
+    self.net = BlockNet(self.token_dim, cfg.num_classes, cfg.width, tcfg, clean_unmodulated=self.clean_unmodulated)
 
-  learned_clean = True
+  clean_unmodulated = True
 
   # ---- entity layout (overridden by NextX) ----
   def setup_entities(self):
@@ -104,7 +100,7 @@ class BlockDiffusion(LatentParadigm):
     return masks.block_causal(self.sizes)
 
   def clean_cond(self, n):
-    """(t, clean flag) given to clean context tokens: ACDiT uses the learned 'clean' vector."""
+    """(t, clean flag) given to clean context tokens: ACDiT skips AdaLN on them (t is unused)."""
     return jnp.ones((n,)), jnp.ones((n,), bool)
 
   def train_inputs(self, x1_BSC, xt_BSC, t_BS):

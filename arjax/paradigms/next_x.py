@@ -47,7 +47,7 @@ def entity_order(kind: str, k: int, h: int, w: int):
 class NextX(BlockDiffusion):
   """xAR as a Trainable (BlockDiffusion's sampler and loss, xAR's entities and training sequence)."""
 
-  learned_clean = False  # clean context is marked by t = 1, as the model saw it during training
+  clean_unmodulated = False  # clean context is marked by t = 1 (AdaLN on every token), as in training
 
   def setup_entities(self):
     config_lib.check_keys(self.cfg, KEYS, "model")

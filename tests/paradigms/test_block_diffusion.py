@@ -83,6 +83,22 @@ def test_outputs_depend_only_on_visible_clean_tokens(block):
     np.testing.assert_array_equal(moved, expected)
 
 
+def test_adaln_modulates_only_the_noised_tokens():
+  model, params = make(4)
+  rng = np.random.default_rng(1)
+  x1, xt = (jnp.asarray(rng.standard_normal((1, N, 3)), jnp.float32) for _ in range(2))
+  t = jnp.asarray(rng.uniform(size=(1, N)), jnp.float32)
+
+  def out(label, t):
+    inputs, tt, flags, pos, _ = model.train_inputs(x1, xt, t)
+    return np.asarray(model.net.apply({"params": params}, inputs, jnp.array([label]), tt, flags, model.mask(), pos)[0])
+
+  base = out(0, t)
+  for other in (out(2, t), out(0, 1 - t)):  # another class, other times
+    np.testing.assert_allclose(other[:, :N], base[:, :N], atol=1e-6)  # clean stream: no class / time input
+    assert np.abs(other[:, N:] - base[:, N:]).min() > 1e-6  # every noised token is conditioned
+
+
 def sample_by_recompute(model, params, label_B, rng, cfg_scale, solver, temperature=1.0):
   """The block sampler with the full [clean ; noised] sequence recomputed at every solver step."""
   b, size, n_blocks = label_B.shape[0], model.sizes[0], len(model.sizes)
