@@ -1,8 +1,8 @@
 """Markdown table of trained `shapes` runs: paradigm, head/solver steps, passes, steps, judge accuracy.
 
-  python scripts/paradigm_table.py runs/mar runs/acdit runs/flowar runs/xar
+  python scripts/paradigm_table.py [--vae runs/vae] runs/mar runs/acdit runs/flowar runs/xar
 
-Reads <workdir>/config.json and metrics.jsonl (written by arjax.main; the judge accuracy is the
+With --vae, first prints the tokenizer's reconstruction PSNR on 512 held-out `shapes` images. Reads <workdir>/config.json and metrics.jsonl (written by arjax.main; the judge accuracy is the
 last 'judge/accuracy' logged, i.e. config.evals.judge at the end of training).
 """
 import json
@@ -48,8 +48,24 @@ def row(workdir: str) -> str:
           f"{judged} |")
 
 
+def vae_psnr(workdir: str, n: int = 512) -> float:
+  """Reconstruction PSNR (dB) of the trained VAE in workdir on n held-out test images."""
+  from arjax import config as config_lib
+  from arjax import demo, registry
+  from arjax.train import checkpoint
+  cfg = config_lib.load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "shapes", "vae.py"))
+  model = registry.build_model(cfg)
+  params = checkpoint.load_params(os.path.join(workdir, "checkpoints"), ema=True)
+  images, _ = demo.real_test_set(cfg.data, n)
+  return demo.tokenizer_metrics(model, params, images)["psnr_db"]
+
+
 if __name__ == "__main__":
+  args = sys.argv[1:]
+  if args[:1] == ["--vae"]:
+    print(f"VAE ({args[1]}): reconstruction PSNR {vae_psnr(args[1]):.2f} dB on 512 held-out images\n")
+    args = args[2:]
   print("| run | paradigm | head steps | passes | train steps | final loss | CFG | judge class acc |")
   print("|---|---|---|---|---|---|---|---|")
-  for w in sys.argv[1:]:
+  for w in args:
     print(row(w))

@@ -12,4 +12,4 @@ for p in ${paradigms[@]}; do
   python -m arjax.main --config "configs/shapes/$p.py" --workdir "$runs/$p" --config.tokenizer.workdir="$runs/vae"
   workdirs+=("$runs/$p")
 done
-python scripts/paradigm_table.py "${workdirs[@]}"
+python scripts/paradigm_table.py --vae "$runs/vae" "${workdirs[@]}"
