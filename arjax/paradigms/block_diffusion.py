@@ -59,12 +59,7 @@ class BlockDiffusion(LatentParadigm):
   """ACDiT as a Trainable: preprocess / init / loss / sample_latents / sample."""
 
   def __init__(self, cfg, tokenizer, tokenizer_params):
-    self.cfg = cfg
-    self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
-    self.grid = tuple(tokenizer.grid)
-    self.token_dim = tokenizer.latent_dim
-    self.num_classes = cfg.num_classes
-    self.num_tokens = self.grid[0] * self.grid[1]
+    super().__init__(cfg, tokenizer, tokenizer_params)
     self.rope2d = cfg.transformer.get("pos") == "rope2d"
     self.setup_entities()
     tcfg = dict(cfg.transformer)

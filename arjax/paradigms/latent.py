@@ -1,6 +1,6 @@
 """What the continuous-token paradigms (MAR, ACDiT, FlowAR, xAR) share: VAE latents in, images out.
 
-A subclass sets self.tokenizer / self.tokenizer_params and defines sample_latents(params, label_B,
+A subclass calls LatentParadigm.__init__ and defines sample_latents(params, label_B,
 rng, *, temperature, ...) -> latent grid [B, h, w, C]; its keyword options are passed through.
 """
 from __future__ import annotations
@@ -14,7 +14,15 @@ STATIC_OPTIONS = ("cfg_scale", "cfg_schedule", "num_iter", "steps", "steps_end",
 
 
 class LatentParadigm:
-  """preprocess (frozen VAE encode) and sample (sample_latents, then VAE decode)."""
+  """The frozen tokenizer and its latent grid; preprocess (VAE encode) and sample (sample_latents, decode)."""
+
+  def __init__(self, cfg, tokenizer, tokenizer_params):
+    self.cfg = cfg
+    self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
+    self.grid = tuple(tokenizer.grid)
+    self.token_dim = tokenizer.latent_dim
+    self.num_classes = cfg.num_classes
+    self.num_tokens = self.grid[0] * self.grid[1]
 
   def preprocess(self, batch):
     """Images -> scaled VAE latents [B, h, w, C] with the frozen tokenizer."""

@@ -75,12 +75,7 @@ class MaskedAR(LatentParadigm):
   """MAR as a Trainable: preprocess / init / loss / sample_latents / sample; params = {net, head}."""
 
   def __init__(self, cfg, tokenizer, tokenizer_params):
-    self.cfg = cfg
-    self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
-    self.grid = tuple(tokenizer.grid)
-    self.token_dim = tokenizer.latent_dim
-    self.num_classes = cfg.num_classes
-    self.num_tokens = self.grid[0] * self.grid[1]
+    super().__init__(cfg, tokenizer, tokenizer_params)
     tcfg = lambda t: dict(t, max_len=self.num_tokens + cfg.buffer)
     self.net = MarNet(cfg.num_classes, cfg.width, cfg.buffer, tcfg(cfg.encoder), tcfg(cfg.decoder))
     self.head = heads.build(self.token_dim, cfg.head)

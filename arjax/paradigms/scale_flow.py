@@ -32,17 +32,13 @@ class ScaleFlow(LatentParadigm):
 
   def __init__(self, cfg, tokenizer, tokenizer_params):
     config_lib.check_keys(cfg, KEYS, "model")
-    self.cfg = cfg
-    self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
-    self.grid = tuple(tokenizer.grid)
-    self.token_dim = tokenizer.latent_dim
+    super().__init__(cfg, tokenizer, tokenizer_params)
     self.scales = tuple(cfg.scales)
     if self.grid[0] != self.grid[1] or self.scales[-1] != self.grid[0] or list(self.scales) != sorted(set(self.scales)):
       raise ValueError(f"model.scales={self.scales} must increase and end at the latent grid size "
                        f"{self.grid[0]} (square grid {self.grid})")
     self.sizes = tuple(s * s for s in self.scales)
     self.starts = tuple(int(s) for s in np.cumsum((0,) + self.sizes[:-1]))
-    self.num_classes = cfg.num_classes
     self.net = NextScaleNet(0, cfg.num_classes, cfg.width, self.scales, dict(cfg.transformer))
     self.head = heads.build(self.token_dim, cfg.head)
 
