@@ -38,6 +38,10 @@ class MaskSpec:
     """Reference mask for absolute query positions q_pos against keys [0, kv_len)."""
     raise NotImplementedError
 
+  def allowed(self, q_pos_BQ, k_pos_BK):
+    """bool [B, Q, K] for per-row sequence indices (traceable; a KV cache's slots carry their indices)."""
+    return self.mask_fn(q_pos_BQ[:, :, None], k_pos_BK[:, None, :])
+
   def dense(self, q_len: int, kv_len: int, q_offset: int = 0) -> np.ndarray:
     q_pos = np.arange(q_len) + q_offset
     out = self._dense_abs(q_pos, kv_len)
