@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from arjax import cli
 
 FLAGS = flags.FLAGS
 
@@ -98,4 +100,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run_absl(main)
