@@ -5,8 +5,6 @@ sample(params, z_ND, rng, *, steps, temperature, cfg_scale, z_uncond_ND, solver)
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 HEAD_KEYS = ("kind", "width", "depth", "steps", "steps_end", "solver", "sde_scale", "batch_mul", "train_steps",
              "clip_x0")
 
@@ -22,10 +20,3 @@ def build(token_dim: int, cfg):
     from arjax.heads.diffusion import DiffusionHead
     return DiffusionHead(token_dim, cfg)
   raise ValueError(f"model.head.kind must be 'flow' or 'diffusion', got {cfg.kind!r}")
-
-
-def annealed_steps(steps, steps_end, progress):
-  """DiSA: head steps go linearly from `steps` (progress 0) to `steps_end` (progress 1); steps_end <= 0 is off."""
-  if not steps_end or steps_end <= 0:
-    return steps
-  return jnp.round(steps + (steps_end - steps) * progress).astype(jnp.int32)

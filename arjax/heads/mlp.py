@@ -2,31 +2,10 @@
 backbone feature plus a sinusoidal time embedding (MAR / SiT style)."""
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax.numpy as jnp
 
 from arjax.nn import layers
-
-
-def timestep_embedding(t_N, dim: int, max_period: float = 10000.0):
-  """Sinusoidal embedding [N, dim] of (float) times t_N."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = jnp.asarray(t_N, jnp.float32)[..., None] * freqs
-  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-
-
-class TimeEmbed(nn.Module):
-  """Sinusoidal features -> 2-layer MLP -> [..., width]."""
-  width: int
-  freq_dim: int = 128
-
-  @nn.compact
-  def __call__(self, t):
-    h = layers.dense(self.width, ("embed", "mlp"), name="fc1")(timestep_embedding(t, self.freq_dim))
-    return layers.dense(self.width, ("mlp", "embed"), name="fc2")(nn.silu(h))
 
 
 def _adaln(c_ND, width, n, name):
@@ -42,7 +21,7 @@ class AdaLNMlp(nn.Module):
 
   @nn.compact
   def __call__(self, x_NC, t_N, z_ND):
-    c = TimeEmbed(self.width, name="time")(t_N) + layers.dense(self.width, ("embed", "mlp"), name="cond")(z_ND)
+    c = layers.TimeEmbed(self.width, name="time")(t_N) + layers.dense(self.width, ("embed", "mlp"), name="cond")(z_ND)
     h = layers.dense(self.width, ("embed", "mlp"), name="in")(x_NC)
     for i in range(self.depth):
       shift, scale, gate = _adaln(c, self.width, 3, f"adaln{i}")

@@ -1,6 +1,7 @@
-"""Small building blocks: norms, MLPs, AdaLN modulation, logically-partitioned dense layers."""
+"""Small building blocks: norms, MLPs, AdaLN modulation, logically-partitioned dense layers, time embeddings."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -70,6 +71,25 @@ class AdaLNModulation(nn.Module):
     keep = keep_BL[..., None]
     is_gate = lambda i: self.n % 3 == 0 and i % 3 == 2
     return [jnp.where(keep, c, 1.0 if is_gate(i) else 0.0) for i, c in enumerate(chunks)]
+
+
+def timestep_embedding(t_N, dim: int, max_period: float = 10000.0):
+  """Sinusoidal embedding [N, dim] of (float) times t_N."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(t_N, jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class TimeEmbed(nn.Module):
+  """Sinusoidal features -> 2-layer MLP -> [..., width]."""
+  width: int
+  freq_dim: int = 128
+
+  @nn.compact
+  def __call__(self, t):
+    h = dense(self.width, ("embed", "mlp"), name="fc1")(timestep_embedding(t, self.freq_dim))
+    return dense(self.width, ("mlp", "embed"), name="fc2")(nn.silu(h))
 
 
 def modulate(x_BLD, shift_B1D, scale_B1D):

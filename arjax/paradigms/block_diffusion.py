@@ -23,15 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from arjax import cache as cache_lib
-from arjax import heads
 from arjax import masks
-from arjax.heads.mlp import TimeEmbed
 from arjax.nn import layers
 from arjax.nn import rope as rope_lib
 from arjax.nn.transformer import Transformer
 from arjax.paradigms.latent import LatentParadigm
 from arjax.sampling import logits as logits_lib
 from arjax.sampling import ode
+from arjax.sampling import schedules
 
 
 class BlockNet(nn.Module):
@@ -47,7 +46,7 @@ class BlockNet(nn.Module):
     h = layers.dense(self.width, (None, "embed"), name="in")(x_BLC)
     cls = nn.Embed(self.num_classes + 1, self.width, name="class_embed",
                    embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
-    cond_BLD = cls(label_B)[:, None, :] + TimeEmbed(self.width, name="time")(t_BL * 1000.0)
+    cond_BLD = cls(label_B)[:, None, :] + layers.TimeEmbed(self.width, name="time")(t_BL * 1000.0)
     h, cache = Transformer(**self.transformer, adaln=True, name="transformer")(
         h, mask, positions=positions, cond_BC=cond_BLD, cache=cache,
         adaln_keep_BL=~clean_BL if self.clean_unmodulated else None)
@@ -165,7 +164,7 @@ class BlockDiffusion(LatentParadigm):
 
       k0, k1 = jax.random.split(jax.random.fold_in(rng, k))
       x0 = temperature * jax.random.normal(k0, (b, size, self.token_dim))
-      xk = ode.integrate(v_fn, x0, heads.annealed_steps(steps, steps_end, progress), solver=solver, rng=k1,
+      xk = ode.integrate(v_fn, x0, schedules.annealed_steps(steps, steps_end, progress), solver=solver, rng=k1,
                          sde_scale=fcfg.get("sde_scale", 1.0))
       xin = jnp.concatenate([xk, xk]) if use_cfg else xk
       t_clean, clean = self.clean_cond(size)

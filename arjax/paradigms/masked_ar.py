@@ -25,6 +25,7 @@ from arjax.nn import layers
 from arjax.nn.transformer import Transformer
 from arjax.paradigms.latent import LatentParadigm
 from arjax.sampling import logits as logits_lib
+from arjax.sampling import schedules
 
 MASK_MEAN, MASK_STD, MASK_MIN, MASK_MAX = 1.0, 0.25, 0.7, 1.0
 
@@ -124,7 +125,7 @@ class MaskedAR(LatentParadigm):
       pick = lambda zz: jnp.take_along_axis(zz, idx[..., None], axis=1).reshape(-1, zz.shape[-1])
       scale = logits_lib.cfg_scale(cfg_scale, (n - n_left) / n, cfg_schedule)
       new = self.head.sample(params["head"], pick(z[:b]), jax.random.fold_in(rng, s),
-                             steps=heads.annealed_steps(steps, steps_end, s / max(num_iter - 1, 1)),
+                             steps=schedules.annealed_steps(steps, steps_end, s / max(num_iter - 1, 1)),
                              temperature=temperature, cfg_scale=scale, solver=solver,
                              z_uncond_ND=pick(z[b:]) if use_cfg else None)
       rows = jnp.arange(b)[:, None]

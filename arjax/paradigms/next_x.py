@@ -20,8 +20,8 @@ import numpy as np
 
 from arjax import config as config_lib
 from arjax.nn import rope as rope_lib
+from arjax.nn.resize import resize
 from arjax.paradigms.block_diffusion import BlockDiffusion
-from arjax.tokenizers.multiscale_vq import resize
 
 KEYS = ("name", "num_classes", "width", "label_drop", "entity", "entity_size", "scales", "flow", "transformer")
 ENTITIES = ("token", "cell", "subsample", "scale", "image")

@@ -19,10 +19,11 @@ import numpy as np
 from arjax import cache as cache_lib
 from arjax import config as config_lib
 from arjax import heads
+from arjax.nn.resize import resize
 from arjax.paradigms.latent import LatentParadigm
 from arjax.paradigms.next_scale import NextScaleNet
 from arjax.sampling import logits as logits_lib
-from arjax.tokenizers.multiscale_vq import resize
+from arjax.sampling import schedules
 
 KEYS = ("name", "num_classes", "width", "label_drop", "scales", "transformer", "head")
 
@@ -100,7 +101,7 @@ class ScaleFlow(LatentParadigm):
       progress = si / max(n_scales - 1, 1)
       z = z.reshape(-1, z.shape[-1])
       x = self.head.sample(params["head"], z[:b * s * s], jax.random.fold_in(rng, si),
-                           steps=heads.annealed_steps(steps, steps_end, progress), temperature=temperature,
+                           steps=schedules.annealed_steps(steps, steps_end, progress), temperature=temperature,
                            cfg_scale=logits_lib.cfg_scale(cfg_scale, progress, cfg_schedule), solver=solver,
                            z_uncond_ND=z[b * s * s:] if use_cfg else None)
       out.append(x.reshape(b, s, s, self.token_dim))

@@ -11,7 +11,6 @@ import pytest
 from test_block_diffusion import random_params
 from test_block_diffusion import smoke
 
-from arjax import heads
 from arjax.paradigms.scale_flow import ScaleFlow
 
 G, C = 8, 3
@@ -96,11 +95,6 @@ def test_loss_is_the_flow_loss_over_every_scale_token():
 def test_bad_scales_are_an_error_naming_the_key():
   with pytest.raises(ValueError, match=r"model.scales=\(1, 2, 4\)"):
     make(scales=(1, 2, 4), with_params=False)
-
-
-def test_annealed_steps_schedule():
-  assert heads.annealed_steps(25, 0, 0.7) == 25
-  np.testing.assert_array_equal([int(heads.annealed_steps(25, 5, p)) for p in (0, 0.5, 1)], [25, 15, 5])
 
 
 def test_smoke_config_trains_and_samples(tmp_path):
