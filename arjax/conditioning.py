@@ -87,7 +87,13 @@ class Conditioner:
     x, null = self.get(cond), self.null(cond)[self.key]
     return {self.key: jnp.concatenate([x, null])}
 
-  def embedder(self, width: int, init=nn.initializers.normal(0.02), name: str = "cond"):
+  def example(self, batch: int = 1):
+    """The null condition for `batch` rows (init, shapes)."""
+    if self.kind == "class":
+      return {self.key: jnp.full((batch,), self.num_classes, jnp.int32)}
+    return {self.key: jnp.zeros((batch, self.caption_len), jnp.uint8)}
+
+  def embedder(self, width: int, init=nn.initializers.normal(0.02), name=None):
     """The flax module turning `cond` into one vector [B, width] (class or pooled caption)."""
     return CondEmbed(self, width, init, name=name)
 

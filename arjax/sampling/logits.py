@@ -1,8 +1,10 @@
-"""Logits processing for categorical sampling: temperature, top-k, top-p, classifier-free guidance."""
+"""Categorical heads: token NLL, and sampling with temperature, top-k, top-p and guidance."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from arjax.sampling import guidance
 
 NEG_INF = -1e30
 
@@ -28,20 +30,6 @@ def top_p_filter(logits_BV, p):
   return jnp.where(keep, logits_BV, NEG_INF)
 
 
-def guide(cond_BV, uncond_BV, scale):
-  """Classifier-free guidance on logits: uncond + scale * (cond - uncond)."""
-  return uncond_BV + scale * (cond_BV - uncond_BV)
-
-
-def cfg_scale(scale, progress, schedule: str = "constant"):
-  """Guidance scale at generation progress in [0, 1]: 'constant' or 'linear' ramp from 1 to scale."""
-  if schedule == "constant":
-    return jnp.asarray(scale, jnp.float32)
-  if schedule == "linear":
-    return 1.0 + (scale - 1.0) * progress
-  raise ValueError(f"cfg schedule must be 'constant' or 'linear', got {schedule!r}")
-
-
 def sample_categorical(rng, logits_BV, *, temperature=1.0, top_k=0, top_p=1.0):
   """Temperature, then top-k, then top-p, then a categorical draw; temperature 0 is greedy."""
   greedy = jnp.argmax(logits_BV, axis=-1)
@@ -49,3 +37,17 @@ def sample_categorical(rng, logits_BV, *, temperature=1.0, top_k=0, top_p=1.0):
   logits = top_p_filter(top_k_filter(logits, top_k), top_p)
   drawn = jax.random.categorical(rng, logits, axis=-1)
   return jnp.where(temperature <= 0, greedy, drawn).astype(jnp.int32)
+
+
+def draw(rng, logits_NV, scale=None, *, temperature=1.0, top_k=0, top_p=1.0, **_):
+  """A categorical draw per row of logits [..., V]; with `scale`, logits are [cond ; uncond] rows and guided."""
+  if scale is not None:
+    logits_NV = guidance.combine(logits_NV, scale)
+  lead = logits_NV.shape[:-1]
+  flat = logits_NV.reshape(-1, logits_NV.shape[-1])
+  return sample_categorical(rng, flat, temperature=temperature, top_k=top_k, top_p=top_p).reshape(lead)
+
+
+def token_nll(logits_BLV, tokens_BL):
+  """-log p(token) per position [B, L]."""
+  return -jnp.take_along_axis(jax.nn.log_softmax(logits_BLV), tokens_BL[..., None], -1)[..., 0]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Protocol
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -42,14 +42,11 @@ class Unit:
   progress: Any
 
 
-class Steps(Protocol):
-  """What a paradigm gives the skeleton."""
-
-  def forward(self, params, state: State, unit: Unit): ...
-
-  def sample(self, params, feat, scale, unit: Unit, rng): ...
-
-  def commit(self, state: State, x, unit: Unit): ...
+class Steps(NamedTuple):
+  """What a paradigm gives the skeleton (bind per-call options with functools.partial)."""
+  forward: Callable  # (params, state, unit) -> (feat, cache)
+  sample: Callable   # (params, feat, scale, unit, rng) -> x
+  commit: Callable   # (state, x, unit) -> (out, feed, done_B)
 
 
 def runs(sizes):

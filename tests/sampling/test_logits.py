@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from arjax.sampling import guidance as G
 from arjax.sampling import logits as L
 
 
@@ -62,7 +63,19 @@ def test_sampled_frequencies_match_filtered_distribution():
 def test_greedy_and_cfg():
   x = jnp.asarray([[0.1, 3.0, -1.0]])
   assert int(L.sample_categorical(jax.random.PRNGKey(0), x, temperature=0.0)[0]) == 1
-  np.testing.assert_allclose(L.guide(jnp.ones(3), jnp.zeros(3), 2.5), 2.5 * np.ones(3))
-  np.testing.assert_allclose(L.cfg_scale(3.0, 0.5, "linear"), 2.0)
+  np.testing.assert_allclose(G.combine(jnp.stack([jnp.ones(3), jnp.zeros(3)]), 2.5), [2.5 * np.ones(3)])
+  np.testing.assert_allclose(G.scale_at(3.0, 0.5, "linear"), 2.0)
+  np.testing.assert_allclose(G.scale_at(3.0, 0.5, "cosine"), 2.0, rtol=1e-6)
+  np.testing.assert_allclose(G.scale_at(3.0, 0.25, "cosine"), 1 + 2 * 0.5 * (1 - np.cos(np.pi / 4)), rtol=1e-6)
   with pytest.raises(ValueError):
-    L.cfg_scale(3.0, 0.5, "cubic")
+    G.scale_at(3.0, 0.5, "cubic")
+  with pytest.raises(ValueError):
+    G.Guidance(2.0, "cubic")
+
+
+def test_guided_draw_matches_combined_logits():
+  cond, uncond = jnp.asarray([[0.0, 2.0, 1.0]]), jnp.asarray([[1.0, 0.0, 0.5]])
+  scale = 3.0
+  want = uncond + scale * (cond - uncond)  # argmax 1
+  got = L.draw(jax.random.PRNGKey(0), jnp.concatenate([cond, uncond]), scale, temperature=0.0)
+  assert got.shape == (1,) and int(got[0]) == int(jnp.argmax(want))
