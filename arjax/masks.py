@@ -1,4 +1,4 @@
 """The mask language (re-exported from kernels_pallas.masks, where the kernels consume it)."""
-from kernels_pallas.masks import (EMPTY, FULL, PARTIAL, BlockCausal, Causal, Full, MaskSpec,  # noqa: F401
-                                  Prefix, SkipCausal, WindowSink, block_causal, causal, full,
-                                  prefix, skip_causal, window_sink)
+from kernels_pallas.masks import (EMPTY, FULL, PARTIAL, BlockCausal, Causal, Full, Intersection,  # noqa: F401
+                                  MaskSpec, Prefix, Ranked, SkipCausal, Union, WindowSink, block_causal,
+                                  causal, full, prefix, ranked, skip_causal, window_sink)
