@@ -7,3 +7,5 @@ import jax  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/arjax_jax_tests"))
 jax.config.update("jax_default_matmul_precision", "highest")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository (configs/, scripts/)

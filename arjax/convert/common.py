@@ -1,6 +1,7 @@
 """Shared converter pieces: safe loading, torch -> flax layouts, checking against the expected tree."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -20,10 +21,16 @@ def load_state_dict(path: str, select: str = "auto") -> dict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"checkpoint file {path!r} not found")
   if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-    return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
-  import torch
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+    from safetensors.numpy import load_file as read
+  else:
+    import torch
+    read = functools.partial(torch.load, map_location="cpu", weights_only=True)
+  try:
+    obj = read(path)
+  except Exception as e:  # pickle, zip, safetensors and runtime errors for a file that is not a checkpoint
+    raise ConversionError(f"{path!r} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from e
+  if not isinstance(obj, dict):
+    raise ConversionError(f"{path!r} holds a {type(obj).__name__}; expected a state_dict (name -> tensor)")
   return to_numpy(unwrap(obj, select, path))
 
 

@@ -214,3 +214,23 @@ def test_files_load_safely_and_checkpoints_round_trip(tmp_path):
   from arjax.train import checkpoint
   back = checkpoint.load_params(str(tmp_path / "out" / "checkpoints"))
   jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+def test_cli_convert_refuses_an_earlier_conversion_unless_overwrite(tmp_path):
+  from arjax.convert.__main__ import convert
+  from arjax.train import checkpoint
+  (tmp_path / "tok.py").write_text(f"import ml_collections\n\n\ndef get_config(arg=None):\n"
+                                   f"  return ml_collections.ConfigDict(dict(model={VQ!r}))\n")
+  model_cfg = dict(name="next_scale", num_classes=NCLS, width=C, label_drop=0.1,
+                   transformer=dict(depth=DEPTH, heads=H, mlp_ratio=4.0, impl="xla"))
+  (tmp_path / "var.py").write_text(f"import ml_collections\n\n\ndef get_config(arg=None):\n"
+                                   f"  return ml_collections.ConfigDict(dict(model={model_cfg!r}, tokenizer=dict("
+                                   f"config={str(tmp_path / 'tok.py')!r})))\n")
+  for seed in (0, 1):
+    torch.save(random_sd(var_keys(), seed), tmp_path / f"var{seed}.pth")
+  out, cfg = str(tmp_path / "out"), str(tmp_path / "var.py")
+  convert("var", str(tmp_path / "var0.pth"), "", out, cfg)
+  with pytest.raises(ValueError, match="already holds.*--overwrite"):
+    convert("var", str(tmp_path / "var1.pth"), "", out, cfg)
+  params = convert("var", str(tmp_path / "var1.pth"), "", out, cfg, overwrite=True)[0]
+  jax.tree.map(np.testing.assert_array_equal, checkpoint.load_params(f"{out}/checkpoints"), params)
