@@ -26,6 +26,31 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
+  """get_config's argument as a namespace, big_vision style: 'smoke,d16,steps=10' with defaults
+  (smoke=False, d16=False, steps=0) -> smoke=True, d16=True, steps=10. A bare name sets a bool default to
+  True; name=value is converted to the default's type; a name without a default is an error naming them."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    name, eq, value = (x.strip() for x in item.partition("="))
+    if name not in defaults:
+      raise ValueError(f"unknown preset {name!r} in config argument {arg!r}; allowed: "
+                       f"{', '.join(sorted(defaults)) or 'none (this config has no presets)'}")
+    default = defaults[name]
+    if isinstance(default, bool):
+      if eq and value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config argument {name}={value!r} must be a bool (true/false/1/0)")
+      out[name] = not eq or value.lower() in ("true", "1")
+    elif not eq:
+      raise ValueError(f"config argument {name!r} needs a value: {name}=<{type(default).__name__}>")
+    else:
+      try:
+        out[name] = type(default)(value)
+      except ValueError:
+        raise ValueError(f"config argument {name}={value!r} must be of type {type(default).__name__}") from None
+  return out
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """'path/to/config.py[:arg]' -> get_config(arg)."""
   path, _, arg = spec.partition(":")

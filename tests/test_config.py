@@ -29,6 +29,21 @@ def test_unknown_preset_and_missing_file():
     config_lib.load_config("configs/nope.py")
 
 
+def test_parse_arg_presets_and_typed_values():
+  arg = config_lib.parse_arg("smoke,steps=10,lr=0.5", smoke=False, d16=False, steps=0, lr=1.0, data="shapes")
+  assert (arg.smoke, arg.d16, arg.steps, arg.lr, arg.data) == (True, False, 10, 0.5, "shapes")
+  assert config_lib.parse_arg(None, smoke=False).smoke is False
+  assert config_lib.parse_arg("smoke=false", smoke=True).smoke is False
+  with pytest.raises(ValueError, match=r"unknown preset 'smok'.*allowed: d16, smoke"):
+    config_lib.parse_arg("smok", smoke=False, d16=False)
+  with pytest.raises(ValueError, match="steps=<int>"):
+    config_lib.parse_arg("steps", steps=0)
+  with pytest.raises(ValueError, match="steps='x' must be of type int"):
+    config_lib.parse_arg("steps=x", steps=0)
+  with pytest.raises(ValueError, match="no presets"):
+    config_lib.load_config(os.path.join(ROOT, "configs/imagenet256/var_d16.py:smoke"))
+
+
 def test_locked_sections_reject_typos():
   cfg = config_lib.load_config(os.path.join(ROOT, "configs/shapes/next_token.py:smoke"))
   with pytest.raises(AttributeError, match="lrr"):

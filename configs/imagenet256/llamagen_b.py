@@ -13,14 +13,13 @@ import os
 
 import ml_collections
 
-from arjax.config import base_config
+from arjax.config import base_config, parse_arg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(arg=None):
-  if arg:
-    raise ValueError(f"unknown preset {arg!r} for configs/imagenet256/llamagen_b.py; it has none")
+  parse_arg(arg)  # no presets: any argument is an error
   c = base_config()
   c.data.update(name="tfds:imagenet2012", image_size=256, batch_size=256)
   c.tokenizer = ml_collections.ConfigDict(dict(config=os.path.join(HERE, "vq_llamagen.py"), workdir="", ema=True))

@@ -5,12 +5,11 @@ codes of 32 dims shared by 10 scales (1..16), 4 partially shared phi convs (rati
 Training (needs ImageNet prepared for TFDS as imagenet2012):
   python -m arjax.main --config configs/imagenet256/msvq_var.py --workdir runs/msvq_var
 """
-from arjax.config import base_config
+from arjax.config import base_config, parse_arg
 
 
 def get_config(arg=None):
-  if arg:
-    raise ValueError(f"unknown preset {arg!r} for configs/imagenet256/msvq_var.py; it has none")
+  parse_arg(arg)  # no presets: any argument is an error
   c = base_config()
   c.data.update(name="tfds:imagenet2012", image_size=256, batch_size=256)
   c.model = dict(name="msvq", image_size=256, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, norm_groups=32,

@@ -9,12 +9,13 @@ import os
 
 import ml_collections
 
-from arjax.config import base_config
+from arjax.config import base_config, parse_arg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(arg=None):
+  arg = parse_arg(arg, smoke=False)
   c = base_config()
   c.tokenizer = ml_collections.ConfigDict(dict(config=os.path.join(HERE, "vae.py"), workdir="", ema=True))
   block = dict(depth=3, heads=6, kv_heads=6, mlp="gelu", mlp_ratio=4.0, norm="layer", qk_norm=False,
@@ -28,7 +29,7 @@ def get_config(arg=None):
   c.train.update(steps=1000, log_every=50, ckpt_every=500, ema_decay=0.995)
   c.sample.update(temperature=1.0, cfg_scale=2.0, cfg_schedule="linear")
   c.evals.judge = dict(type="judge", every=1000, num_samples=512)
-  if arg == "smoke":
+  if arg.smoke:
     c.tokenizer.config = os.path.join(HERE, "vae.py") + ":smoke"
     c.model.update(width=32, buffer=1, num_iter=3)
     c.model.encoder.update(depth=1, heads=2, kv_heads=2)
@@ -38,6 +39,4 @@ def get_config(arg=None):
     c.optim.warmup_steps = 2
     c.train.update(steps=3, log_every=1, ckpt_every=3, num_sample_images=2, progress=False)
     c.evals = ml_collections.ConfigDict()
-  elif arg:
-    raise ValueError(f"unknown preset {arg!r} for configs/shapes/mar.py; use smoke or nothing")
   return c

@@ -12,12 +12,13 @@ import os
 
 import ml_collections
 
-from arjax.config import base_config
+from arjax.config import base_config, parse_arg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(arg=None):
+  arg = parse_arg(arg, smoke=False)
   c = base_config()
   c.tokenizer = ml_collections.ConfigDict(dict(config=os.path.join(HERE, "vq.py"), workdir="", ema=False))
   c.model = dict(name="next_token", num_classes=8, width=160, label_drop=0.1,
@@ -27,13 +28,11 @@ def get_config(arg=None):
   c.optim.update(lr=2e-3, warmup_steps=100, weight_decay=0.05, b2=0.95)
   c.train.update(steps=1000, log_every=50, ckpt_every=500, ema_decay=0.995)
   c.sample.update(temperature=1.0, top_k=50, top_p=1.0, cfg_scale=3.0, cfg_schedule="constant")
-  if arg == "smoke":
+  if arg.smoke:
     c.tokenizer.config = os.path.join(HERE, "vq.py") + ":smoke"
     c.model.width = 32
     c.model.transformer.update(depth=2, heads=2, kv_heads=2)
     c.data.update(batch_size=8, num_examples=64)
     c.optim.warmup_steps = 2
     c.train.update(steps=4, log_every=2, ckpt_every=4, num_sample_images=4)
-  elif arg:
-    raise ValueError(f"unknown preset {arg!r} for configs/shapes/next_token.py; use smoke or nothing")
   return c

@@ -13,12 +13,13 @@ import os
 
 import ml_collections
 
-from arjax.config import base_config
+from arjax.config import base_config, parse_arg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(arg=None):
+  arg = parse_arg(arg, smoke=False)
   c = base_config()
   c.tokenizer = ml_collections.ConfigDict(dict(config=os.path.join(HERE, "msvq.py"), workdir="", ema=True))
   c.model = dict(name="next_scale", num_classes=8, width=192, label_drop=0.1,
@@ -28,7 +29,7 @@ def get_config(arg=None):
   c.train.update(steps=1200, log_every=50, ckpt_every=400, ema_decay=0.995)
   c.sample.update(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=3.0, cfg_schedule="linear")
   c.evals.judge = dict(type="judge", every=1200, num_samples=512)
-  if arg == "smoke":
+  if arg.smoke:
     c.tokenizer.config = os.path.join(HERE, "msvq.py") + ":smoke"
     c.model.width = 32
     c.model.transformer.update(depth=2, heads=2, drop_path=0.1)
@@ -36,6 +37,4 @@ def get_config(arg=None):
     c.optim.warmup_steps = 2
     c.train.update(steps=4, log_every=2, ckpt_every=4, num_sample_images=4)
     c.evals = ml_collections.ConfigDict()
-  elif arg:
-    raise ValueError(f"unknown preset {arg!r} for configs/shapes/var.py; use smoke or nothing")
   return c
