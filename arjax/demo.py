@@ -34,8 +34,7 @@ def tokenizer_metrics(model, params, images):
   """Reconstruction PSNR (dB, [0,1] scale) and, for a VQ, the fraction of codes used on `images`."""
   tokens = jax.jit(model.encode)(params, images)
   rec = jax.jit(model.decode)(params, tokens)
-  mse = jnp.mean(((rec + 1) / 2 - (images + 1) / 2) ** 2, axis=(1, 2, 3))
-  out = dict(psnr_db=float(jnp.mean(-10 * jnp.log10(jnp.maximum(mse, 1e-10)))))
+  out = dict(psnr_db=float(metrics_lib.psnr(rec, images)))
   if model.vocab_size:
     out["codebook_usage"] = len(np.unique(np.asarray(tokens))) / model.vocab_size
   return out

@@ -15,15 +15,20 @@ class ConversionError(ValueError):
 
 
 def load_state_dict(path: str, select: str = "auto") -> dict:
-  """name -> np.float32 array from a .safetensors or torch file (torch.load(weights_only=True), never a
+  """name -> np.float32 array from a .safetensors, .npz or torch file (torch.load(weights_only=True), never a
   free unpickle). Wrapped dicts are unwrapped: select='ema'|'model'|... or 'auto' (model, module,
   state_dict, else the dict itself)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"checkpoint file {path!r} not found")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file as read
+  elif path.endswith(".npz"):
+    read = read_npz
   else:
-    import torch
+    try:
+      import torch
+    except ImportError as e:
+      raise ImportError(f"reading {path!r} needs torch: pip install -e '.[torch]' (or save it as .npz)") from e
     read = functools.partial(torch.load, map_location="cpu", weights_only=True)
   try:
     obj = read(path)
@@ -32,6 +37,11 @@ def load_state_dict(path: str, select: str = "auto") -> dict:
   if not isinstance(obj, dict):
     raise ConversionError(f"{path!r} holds a {type(obj).__name__}; expected a state_dict (name -> tensor)")
   return to_numpy(unwrap(obj, select, path))
+
+
+def read_npz(path: str) -> dict:
+  with np.load(path, allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
 
 
 def unwrap(obj: dict, select: str, where: str = "checkpoint") -> dict:

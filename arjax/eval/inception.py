@@ -12,12 +12,12 @@ the same state_dict keys.
 """
 from __future__ import annotations
 
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from arjax.convert import common
 
 INPUT_SIZE = 299
 NUM_LOGITS = 1008
@@ -167,7 +167,7 @@ def _flax_path(torch_key: str):
 def _to_flax(value, field: str):
   """A torch tensor (as numpy) -> the Flax layout: conv OIHW -> HWIO, linear [out, in] -> [in, out]."""
   if field == "kernel":
-    return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+    return common.conv(value) if value.ndim == 4 else common.linear(value)
   return value
 
 
@@ -213,27 +213,15 @@ def _flatten(tree, prefix=()):
   return {prefix: tree}
 
 
-def load_state_dict(path: str) -> dict:
-  """name -> numpy array from pytorch-fid's .pth (torch.load, weights_only=True) or an .npz of the same keys."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"Inception weights {path!r} not found; pass the path of pytorch-fid's "
-                            "pt_inception-2015-12-05-*.pth (it cannot be downloaded at run time)")
-  if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(f"reading {path!r} needs torch: pip install -e '.[torch]' (or convert it to .npz)") from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  if not isinstance(state, dict):
-    raise ValueError(f"{path!r} holds a {type(state).__name__}; expected a state_dict (name -> tensor)")
-  return {k: v.detach().float().numpy() for k, v in state.items()}
-
-
 def load(path: str):
-  """Flax variables of the FID Inception from a weights file (see load_state_dict)."""
-  return variables_from_state_dict(load_state_dict(path), source=path)
+  """Flax variables of the FID Inception from pytorch-fid's .pth or an .npz of the same keys (read by the
+  converters' loader, arjax.convert.common.load_state_dict)."""
+  try:
+    state_dict = common.load_state_dict(path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{e}; pass the path of pytorch-fid's pt_inception-2015-12-05-*.pth (Inception "
+                            "weights cannot be downloaded at run time)") from None
+  return variables_from_state_dict(state_dict, source=path)
 
 
 @jax.jit

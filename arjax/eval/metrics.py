@@ -120,6 +120,13 @@ def precision_recall(real_ND, fake_ND, k: int = 3, chunk: int = 1024):
   return float(precision), float(recall)
 
 
+def psnr(rec_BHWC, x_BHWC):
+  """Mean per-image PSNR (dB) on the [0, 1] scale of images given in [-1, 1] (rec is clipped)."""
+  err = (jnp.clip(rec_BHWC.astype(jnp.float32), -1, 1) - x_BHWC.astype(jnp.float32)) / 2
+  mse_B = jnp.mean(jnp.square(err), axis=(1, 2, 3))
+  return jnp.mean(-10 * jnp.log10(jnp.maximum(mse_B, 1e-10)))
+
+
 def bits_per_dim(nll_nats_sum: float, num_dims: int) -> float:
   """Bits per dimension from a negative log-likelihood in nats summed over `num_dims` dimensions."""
   if num_dims <= 0:

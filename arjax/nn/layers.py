@@ -92,6 +92,11 @@ class TimeEmbed(nn.Module):
     return dense(self.width, ("mlp", "embed"), name="fc2")(nn.silu(h))
 
 
+def l2_normalize(x, axis=-1):
+  """x / ||x|| along `axis` (zero vectors stay zero)."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis, keepdims=True), 1e-24))
+
+
 def modulate(x_BLD, shift_B1D, scale_B1D):
   return x_BLD * (1 + scale_B1D) + shift_B1D
 

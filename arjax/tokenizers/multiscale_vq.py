@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from arjax import config as config_lib
+from arjax.eval.metrics import psnr
+from arjax.nn.layers import l2_normalize
 from arjax.nn.resize import resize
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -157,10 +159,10 @@ class MultiScaleVQNet(nn.Module):
   def features(self, x):
     """Images -> pre-quantisation features f [B, h, w, C] (unit-norm per position with l2 codes)."""
     f = self.quant_conv(self.encoder(x))
-    return _unit(f) if self.cfg["l2_codes"] else f
+    return l2_normalize(f) if self.cfg["l2_codes"] else f
 
   def codebook(self):
-    return _unit(self.embedding) if self.cfg["l2_codes"] else self.embedding
+    return l2_normalize(self.embedding) if self.cfg["l2_codes"] else self.embedding
 
   def refine(self, h_BhwC, si: int):
     """phi_k(h) = (1 - r) h + r conv_k(h) for the conv scale si uses (identity without phi)."""
@@ -172,10 +174,6 @@ class MultiScaleVQNet(nn.Module):
 
   def to_image(self, f_hat):
     return self.decoder(self.post_quant_conv(f_hat))
-
-
-def _unit(x):
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), -1, keepdims=True), 1e-24))
 
 
 def nearest(z_NC, codes_VC):
@@ -295,8 +293,7 @@ class MultiScaleVQ:
     f_st = f + jax.lax.stop_gradient(f_hats[-1] - f)
     rec = self._apply(params, MultiScaleVQNet.to_image, f_st)
     rec_mse = mse(rec, x)
-    psnr = 10 * jnp.log10(4.0 / jnp.maximum(rec_mse, 1e-10))
-    return rec_mse + vq, dict(rec_mse=rec_mse, vq_loss=vq, psnr=psnr, usage=self._usage(params, f_ng))
+    return rec_mse + vq, dict(rec_mse=rec_mse, vq_loss=vq, psnr=psnr(rec, x), usage=self._usage(params, f_ng))
 
   def _usage(self, params, f):
     hits = self._hits(params, f)[0]

@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from arjax.eval.metrics import psnr
 from arjax.nn import conv as conv_lib
-from arjax.tokenizers.vq import REC_LOSSES, psnr, rec_loss
+from arjax.tokenizers.vq import REC_LOSSES, rec_loss
 
 DEFAULTS = dict(name="vae", image_size=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8,
                 latent_dim=4, kl_weight=1e-3, rec_loss="mse+l1", std_momentum=0.9)

@@ -26,17 +26,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from arjax.eval.metrics import psnr
 from arjax.nn import conv as conv_lib
+from arjax.nn.layers import l2_normalize
 
 HIGHEST = jax.lax.Precision.HIGHEST
 DEFAULTS = dict(name="vq", image_size=32, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8,
                 codebook_size=256, code_dim=8, beta=0.25, rec_loss="mse+l1")
 REC_LOSSES = ("mse", "l1", "mse+l1")
-
-
-def l2_normalize(x, axis=-1):
-  """x / ||x|| along `axis` (zero vectors stay zero)."""
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis, keepdims=True), 1e-24))
 
 
 def cosine_scores(z_ND, codebook_KD):
@@ -64,13 +61,6 @@ def rec_loss(rec_BHWC, x_BHWC, kind: str):
   err = rec_BHWC.astype(jnp.float32) - x_BHWC.astype(jnp.float32)
   mse, l1 = jnp.mean(jnp.square(err)), jnp.mean(jnp.abs(err))
   return {"mse": mse, "l1": l1, "mse+l1": mse + l1}[kind]
-
-
-def psnr(rec_BHWC, x_BHWC):
-  """Mean per-image PSNR (dB) on the [0, 1] scale of images given in [-1, 1] (rec is clipped)."""
-  err = (jnp.clip(rec_BHWC.astype(jnp.float32), -1, 1) - x_BHWC.astype(jnp.float32)) / 2
-  mse_B = jnp.mean(jnp.square(err), axis=(1, 2, 3))
-  return jnp.mean(-10 * jnp.log10(jnp.maximum(mse_B, 1e-10)))
 
 
 def code_stats(idx, codebook_size: int):

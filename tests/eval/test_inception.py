@@ -150,6 +150,9 @@ def test_loader_rejects_wrong_keys_and_shapes(tmp_path, weights_file):
     inception.load(str(tmp_path / "extra.pth"))
   with pytest.raises(FileNotFoundError, match="pt_inception"):
     inception.load(str(tmp_path / "nope.pth"))
+  np.savez(tmp_path / "weights.npz", **{k: v.numpy() for k, v in sd.items()})  # the same loader reads .npz
+  jax.tree.map(np.testing.assert_array_equal, inception.load(str(tmp_path / "weights.npz")),
+               inception.load(weights_file[1]))
 
 
 def test_resize_matches_torch_bilinear():
