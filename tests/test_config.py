@@ -6,11 +6,11 @@ import sys
 
 import ml_collections
 import pytest
+from conftest import ROOT
 
 from arjax import config as config_lib
 from arjax import registry
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.py")))
 
 

@@ -2,12 +2,12 @@
 diffusion, token-wise AR), and the KV-cached block sampler equals full recomputation."""
 import types
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import random_params
 
 from arjax.paradigms.block_diffusion import BlockDiffusion
 from arjax.sampling import ode
@@ -25,12 +25,6 @@ def make(block, pos="rope2d", with_params=True):
   if not with_params:
     return model, None
   return model, random_params(model)
-
-
-def random_params(model):
-  """Initial parameters plus noise, so that zero-initialised output layers do not hide bugs."""
-  params = nn.meta.unbox(jax.jit(lambda r: model.init(r, None))(jax.random.PRNGKey(0)))
-  return jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
 
 
 def scam_by_rule(block, n):
@@ -148,22 +142,3 @@ def test_loss_is_finite_and_bad_block_size_is_an_error():
     make(3, with_params=False)
 
 
-
-def smoke(config_name, tmp_path, **sample_opts):
-  """Trains configs/shapes/<config_name>.py:smoke a few steps, then samples two images."""
-  import os
-  from arjax import config as config_lib
-  from arjax import registry
-  from arjax.main import run
-  root = os.path.join(os.path.dirname(__file__), "..", "..")
-  cfg = config_lib.load_config(os.path.join(root, "configs", "shapes", f"{config_name}.py") + ":smoke")
-  state, metrics = run(cfg, str(tmp_path))
-  assert int(state.step) == cfg.train.steps and np.isfinite(metrics["loss"])
-  model = registry.build_model(cfg)
-  images = model.sample(state.ema_params, jnp.array([0, 5]), jax.random.PRNGKey(0), **sample_opts)
-  assert images.shape == (2, 32, 32, 3) and np.isfinite(np.asarray(images)).all()
-  assert (tmp_path / "samples.png").exists()
-
-
-def test_smoke_config_trains_and_samples(tmp_path):
-  smoke("acdit", tmp_path, cfg_scale=2.0)

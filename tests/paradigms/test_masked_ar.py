@@ -1,5 +1,5 @@
 """MAR: mask-ratio distribution, the cosine unmasking schedule, MAE-style masking of unknown
-tokens, one head sample per token in order, and the smoke config."""
+tokens, one head sample per token in order."""
 import math
 import types
 
@@ -12,7 +12,6 @@ import pytest
 from scipy import stats
 
 from arjax.paradigms import masked_ar
-from test_block_diffusion import smoke
 
 TOKENIZER = types.SimpleNamespace(grid=(4, 4), latent_dim=3)
 
@@ -74,7 +73,3 @@ def test_loss_counts_only_unknown_tokens():
   batch = dict(latent=jnp.ones((4, 4, 4, 3)), label=jnp.array([0, 1, 2, 0]))
   loss, metrics = model.loss(params, batch, jax.random.PRNGKey(0))
   assert np.isfinite(loss) and 0.7 <= float(metrics["mask_ratio"]) <= 1.0
-
-
-def test_smoke_config_trains_and_samples(tmp_path):
-  smoke("mar", tmp_path, cfg_scale=2.0)

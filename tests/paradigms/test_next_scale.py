@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from arjax import cache as cache_lib
+from arjax.paradigms import next_scale
 from arjax.paradigms.next_scale import NextScale
+from arjax.sampling import loop
 from arjax.tokenizers.multiscale_vq import MultiScaleVQ
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -40,17 +41,17 @@ def test_cached_scale_by_scale_equals_teacher_forced():
   model, params = make()
   images = jax.random.uniform(jax.random.PRNGKey(3), (3, 16, 16, 3), minval=-1, maxval=1)
   batch = jax.jit(model.preprocess)(dict(image=images, label=jnp.array([0, 2, 3])))  # 3 = null class
-  full = jax.jit(model.logits)(params, batch["label"], batch["inputs"])
+  cond = {"label": batch["label"]}
+  full = jax.jit(model.logits)(params, cond, batch["inputs"])
   assert full.shape == (3, model.num_tokens, 16)
-  t = model.net.transformer
-  cache = cache_lib.init(t["depth"], 3, model.num_tokens, t["heads"], 32 // t["heads"])
+  cache = model.tcfg.init_cache(3, model.num_tokens)
 
   @jax.jit
   def scale_by_scale(params, cache):
     got = []
     for si, (start, size) in enumerate(zip(model.starts, model.sizes)):
       feats = None if si == 0 else batch["inputs"][:, start - model.sizes[0]:start - model.sizes[0] + size]
-      logits, cache = model.net.apply({"params": params}, batch["label"], feats, start, cache=cache)
+      logits, cache = model.net.apply({"params": params}, cond, feats, start, cache=cache)
       got.append(logits)
     return jnp.concatenate(got, axis=1)
 
@@ -66,19 +67,19 @@ def test_sampler_matches_teacher_forced_argmax_and_cfg():
   labels = jnp.array([0, 1])
   logits = jax.jit(model.logits)
   for cfg_scale in (1.0, 3.0):
-    tokens, f_hat = jax.jit(lambda p: model.sample_tokens(p, labels, jax.random.PRNGKey(0), temperature=0.0,
-                                                          cfg_scale=cfg_scale, cfg_schedule="linear"))(params)
+    opts = loop.options(dict(temperature=0.0, cfg_scale=cfg_scale, cfg_schedule="linear"), next_scale.SAMPLE_OPTIONS)
+    flat, f_hat = jax.jit(lambda p: model.sample_tokens(p, {"label": labels}, jax.random.PRNGKey(0), opts))(params)
+    tokens = model.token_maps(flat)
     inputs = jax.jit(model.tokenizer.teacher_inputs)(model.tokenizer_params, tokens)
-    cond = logits(params, labels, inputs)
-    uncond = logits(params, jnp.full_like(labels, 3), inputs)
-    flat = jnp.concatenate([t.reshape(2, -1) for t in tokens], axis=1)
+    cond = logits(params, {"label": labels}, inputs)
+    uncond = logits(params, {"label": jnp.full_like(labels, 3)}, inputs)
     for si, (start, size) in enumerate(zip(model.starts, model.sizes)):
       scale = 1 + (cfg_scale - 1) * si / (len(model.sizes) - 1)
       want = (uncond + scale * (cond - uncond))[:, start:start + size].argmax(-1)
       np.testing.assert_array_equal(np.asarray(flat[:, start:start + size]), np.asarray(want))
     np.testing.assert_allclose(np.asarray(f_hat), np.asarray(jax.jit(model.tokenizer.tokens_to_fhat)(
         model.tokenizer_params, tokens)), atol=1e-5)
-  images = model.sample(params, labels, jax.random.PRNGKey(1), top_k=4, top_p=0.9, cfg_scale=2.0, smooth=True)
+  images = model.sample(params, {"label": labels}, jax.random.PRNGKey(1), top_k=4, top_p=0.9, cfg_scale=2.0, smooth=True)
   assert images.shape == (2, 16, 16, 3) and bool(jnp.all(jnp.abs(images) <= 1))
 
 
@@ -88,7 +89,7 @@ def test_loss_label_drop_and_drop_path():
   batch = jax.jit(model.preprocess)(dict(image=images, label=jnp.array([0, 1, 2, 0])))
   loss_fn = jax.jit(model.loss, static_argnames="train")
   loss, metrics = loss_fn(params, batch, jax.random.PRNGKey(0), train=False)
-  logits = jax.jit(model.logits)(params, batch["label"], batch["inputs"])
+  logits = jax.jit(model.logits)(params, {"label": batch["label"]}, batch["inputs"])
   want = -np.mean(np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(batch["tokens"])[..., None], -1))
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   # training-mode drop-path changes the loss and depends on the rng; eval mode does not

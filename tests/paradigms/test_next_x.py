@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from test_block_diffusion import random_params
-from test_block_diffusion import smoke
+from conftest import random_params
 
 from arjax.paradigms.next_x import NextX
 from arjax.sampling import ode
@@ -126,7 +125,3 @@ def test_bad_entity_settings_are_errors_naming_the_key():
     make("row", with_params=False)
   with pytest.raises(ValueError, match="model.entity_size=3"):
     make("cell", size=3, with_params=False)
-
-
-def test_smoke_config_trains_and_samples(tmp_path):
-  smoke("xar", tmp_path, cfg_scale=2.0)

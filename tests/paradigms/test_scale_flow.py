@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from test_block_diffusion import random_params
-from test_block_diffusion import smoke
+from conftest import random_params
 
+from arjax.paradigms import scale_flow
 from arjax.paradigms.scale_flow import ScaleFlow
+from arjax.sampling import loop
 
 G, C = 8, 3
 TOKENIZER = types.SimpleNamespace(grid=(G, G), latent_dim=C)
@@ -50,7 +51,7 @@ def test_features_are_causal_over_scales():
   model, params = make()
   rng = np.random.default_rng(0)
   inputs = jnp.asarray(rng.standard_normal((1, 84, C)), jnp.float32)  # 85 tokens minus the start token
-  f = jax.jit(lambda x: model.features(params, jnp.array([1]), x))
+  f = jax.jit(lambda x: model.features(params, {"label": jnp.array([1])}, x))
   base = np.asarray(f(inputs))
   level = np.repeat(np.arange(4), [1, 4, 16, 64])
   for tok in (0, 10, 40):  # input row `tok` is sequence position tok + 1
@@ -62,20 +63,25 @@ def test_features_are_causal_over_scales():
 def test_cached_sampler_equals_teacher_forced_recompute(cfg_scale, steps_end):
   model, params = make(steps_end=steps_end)
   label, rng = jnp.array([0, 2]), jax.random.PRNGKey(3)
-  final, scales = jax.jit(lambda p: model.sample_latents(p, label, rng, cfg_scale=cfg_scale,
-                                                         return_scales=True))(params)
+  opts = loop.options(dict(cfg_scale=cfg_scale, cfg_schedule="linear"), scale_flow.SAMPLE_OPTIONS)
+  seq = jax.jit(lambda p: model.sample_sequence(p, {"label": label}, rng, opts))(params)
+  scales = model.per_scale(seq)
+  final = model.layout.merge(seq)
   assert final.shape == (2, G, G, C) and np.abs(np.asarray(final)).max() > 0.1
+  np.testing.assert_array_equal(final, scales[-1])
   labels = jnp.concatenate([label, jnp.full_like(label, 3)])
   inputs = model.teacher_inputs(scales)
-  z = model.features(params, labels, jnp.concatenate([inputs, inputs]))  # full pass, no cache
+  z = model.features(params, {"label": labels}, jnp.concatenate([inputs, inputs]))  # full pass, no cache
   start = 0
   for k, s in enumerate(model.scales):
+    rng, key = jax.random.split(rng)  # the skeleton's key for unit k
     n = len(model.scales)
     steps = 4 if not steps_end else int(np.round(4 + (steps_end - 4) * k / (n - 1)))  # DiSA by hand
     zc, zu = z[:2, start:start + s * s].reshape(-1, 32), z[2:, start:start + s * s].reshape(-1, 32)
     scale = 1 + (cfg_scale - 1) * k / (n - 1)
-    want = model.head.sample(params["head"], zc, jax.random.fold_in(rng, k), steps=steps, cfg_scale=scale,
-                             z_uncond_ND=zu if cfg_scale != 1.0 else None)
+    z_guided = jnp.concatenate([zc, zu]) if cfg_scale != 1.0 else zc
+    want = model.head.sample(params["head"], z_guided, key, steps=steps,
+                             guide_scale=scale if cfg_scale != 1.0 else None)
     np.testing.assert_allclose(scales[k].reshape(-1, C), want, atol=3e-5, err_msg=f"scale {s}")
     start += s * s
 
@@ -85,7 +91,7 @@ def test_loss_is_the_flow_loss_over_every_scale_token():
   lat = jnp.asarray(np.random.default_rng(1).standard_normal((2, G, G, C)), jnp.float32)
   loss, metrics = model.loss(params, dict(latent=lat, label=jnp.array([0, 1])), jax.random.PRNGKey(0), train=False)
   scales = model.scale_latents(lat)
-  z = model.features(params, jnp.array([0, 1]), model.teacher_inputs(scales)).reshape(-1, 32)
+  z = model.features(params, {"label": jnp.array([0, 1])}, model.teacher_inputs(scales)).reshape(-1, 32)
   target = jnp.concatenate([x.reshape(2, -1, C) for x in scales], 1).reshape(-1, C)
   want = model.head.loss(params["head"], z, target, jax.random.split(jax.random.PRNGKey(0), 3)[2]).mean()
   np.testing.assert_allclose(loss, want, rtol=1e-5)
@@ -95,7 +101,3 @@ def test_loss_is_the_flow_loss_over_every_scale_token():
 def test_bad_scales_are_an_error_naming_the_key():
   with pytest.raises(ValueError, match=r"model.scales=\(1, 2, 4\)"):
     make(scales=(1, 2, 4), with_params=False)
-
-
-def test_smoke_config_trains_and_samples(tmp_path):
-  smoke("flowar", tmp_path, cfg_scale=2.0)
