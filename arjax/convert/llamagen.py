@@ -2,7 +2,7 @@
 vq_ds16_c2i.pt -> a one-scale MultiScaleVQ (l2 codes, no phi) params.
 
 GPT: wqkv [(H + 2 Hkv) hd, C] is split into q/k/v kernels; tok_embeddings (V rows) and the class
-table (C+1 rows) are stacked into arjax's one embedding table (image tokens, then classes); w1/w3/w2
+table (C+1 rows) become arjax's token table and the Conditioner's class table; w1/w3/w2
 -> SwiGLU gate/up/down; the bias-free output layer gets a zero bias. freqs_cis / KV-cache buffers
 are dropped. VQ: conv_blocks.{i}.res.{j} / .attn.{j} / mid.{0,1,2} are renamed to the LDM layout
 (decoder conv_blocks are in reverse level order); codebook_used is dropped.
@@ -22,18 +22,19 @@ def convert_gpt(sd: dict, model) -> dict:
   """LlamaGen c2i GPT state_dict -> params of arjax NextToken `model`."""
   src = "LlamaGen GPT state_dict"
   sd = {k: v for k, v in sd.items() if k.rsplit(".", 1)[-1] not in BUFFERS}
-  t = model.net.transformer
-  c, h = model.cfg.width, t["heads"]
-  g, hd = t.get("kv_heads") or h, c // h
+  t = model.tcfg
+  c, h = model.cfg.width, t.heads
+  g, hd = t.num_kv_heads, t.head_dim
   v_codes, n_cls = model.tokenizer.vocab_size, model.num_classes + 1
   take = lambda key, shape: common.expect_shape(sd, key, shape, src)
   flat = {}
   put = lambda path, key, v: flat.__setitem__(path, (key, v))
   tok = take("tok_embeddings.weight", (v_codes, c))
   cls = take("cls_embedding.embedding_table.weight", (n_cls, c))
-  put("embed/embedding", "tok_embeddings.weight + cls_embedding.embedding_table.weight", np.concatenate([tok, cls]))
-  hidden = int(c * t.get("mlp_ratio", 4.0))
-  for i in range(t["depth"]):
+  put("embed/embedding", "tok_embeddings.weight", tok)
+  put("cond/class_embed/embedding", "cls_embedding.embedding_table.weight", cls)
+  hidden = int(c * t.mlp_ratio)
+  for i in range(t.depth):
     b, o = f"layers.{i}.", f"transformer/block{i}/"
     wqkv = take(b + "attention.wqkv.weight", ((h + 2 * g) * hd, c))
     q, k, v = np.split(wqkv, [h * hd, (h + g) * hd], axis=0)

@@ -28,22 +28,22 @@ def convert_var(sd: dict, model) -> dict:
   """VAR transformer state_dict -> params of arjax NextScale `model` (shapes checked against it)."""
   src = "VAR state_dict"
   sd = {k: v for k, v in sd.items() if not k.rsplit(".", 1)[-1] in BUFFERS}
-  t = model.net.transformer
-  c, h = model.cfg.width, t["heads"]
-  hd = c // h
-  depth = t["depth"]
+  t = model.tcfg
+  c, h = model.cfg.width, t.heads
+  hd = t.head_dim
+  depth = t.depth
   flat = {}
   take = lambda key, shape: common.expect_shape(sd, key, shape, src)
   put = lambda path, key, v: flat.__setitem__(path, (key, v))
   v_codes, n_cls, first = model.tokenizer.vocab_size, model.num_classes + 1, model.sizes[0]
   cvae = model.tokenizer.code_dim
-  put("class_emb/embedding", "class_emb.weight", take("class_emb.weight", (n_cls, c)))
+  put("cond/class_embed/embedding", "class_emb.weight", take("class_emb.weight", (n_cls, c)))
   put("pos_start", "pos_start", take("pos_start", (1, first, c))[0])
   put("transformer/pos_embed", "pos_1LC", take("pos_1LC", (1, model.num_tokens, c))[0])
   put("lvl_embed", "lvl_embed.weight", take("lvl_embed.weight", (len(model.sizes), c)))
   put("word_embed/kernel", "word_embed.weight", common.linear(take("word_embed.weight", (c, cvae))))
   put("word_embed/bias", "word_embed.bias", take("word_embed.bias", (c,)))
-  hidden = round(c * t.get("mlp_ratio", 4.0))
+  hidden = round(c * t.mlp_ratio)
   for i in range(depth):
     b, o = f"blocks.{i}.", f"transformer/block{i}/"
     qkv = take(b + "attn.mat_qkv.weight", (3 * c, c))

@@ -11,6 +11,7 @@ import pytest
 from arjax.convert import common, llamagen, var
 from arjax.paradigms.next_scale import NextScale
 from arjax.paradigms.next_token import NextToken
+from arjax.sampling import loop
 from arjax.tokenizers.multiscale_vq import MultiScaleVQ
 
 torch = pytest.importorskip("torch")  # the [torch] extra; converters read torch files
@@ -171,12 +172,13 @@ def test_llamagen_gpt_and_vq():
                   b + "feed_forward.w2.weight": (C, 2 * C), b + "attention_norm.weight": (C,), b + "ffn_norm.weight": (C,)})
   sd = common.to_numpy(random_sd(gkeys, 1))
   p = llamagen.convert_gpt(sd, model)
-  emb = p["embed"]["embedding"]
-  np.testing.assert_array_equal(emb[V + 2], sd["cls_embedding.embedding_table.weight"][2])
+  np.testing.assert_array_equal(p["embed"]["embedding"], sd["tok_embeddings.weight"])
+  np.testing.assert_array_equal(p["cond"]["class_embed"]["embedding"][2], sd["cls_embedding.embedding_table.weight"][2])
   np.testing.assert_array_equal(p["transformer"]["block0"]["attn"]["v"]["kernel"][:, 0, 5],
                                 sd["layers.0.attention.wqkv.weight"][(H + 1) * hd + 5])
   np.testing.assert_array_equal(p["transformer"]["block1"]["mlp"]["up"]["kernel"], sd["layers.1.feed_forward.w3.weight"].T)
-  tokens = jax.jit(lambda p: model.sample_tokens(p, jnp.array([0, 1]), jax.random.PRNGKey(0), temperature=0.0))(p)
+  opts = loop.options(dict(temperature=0.0))
+  tokens = jax.jit(lambda p: model.sample_tokens(p, {"label": jnp.array([0, 1])}, jax.random.PRNGKey(0), opts))(p)
   assert tokens.shape == (2, 16)
 
 
