@@ -66,7 +66,7 @@ def main(workdir: str, samples_per_class: int = 64, grid_per_class: int = 8):
   model = registry.build_model(nt_cfg)
   n_cls = model.num_classes
   sample_labels = jnp.repeat(jnp.arange(n_cls), samples_per_class)
-  samples = model.sample(nt_state.ema_params, sample_labels, jax.random.PRNGKey(1234), **nt_cfg.sample)
+  samples = model.sample(nt_state.ema_params, {"label": sample_labels}, jax.random.PRNGKey(1234), **nt_cfg.sample)
   samples = np.asarray(samples)
   pred = judge.predict(judge_params, samples)["label"]
   n_fid = min(len(samples), len(images))

@@ -50,7 +50,7 @@ def main():
   for name in ("temperature", "top_k", "top_p", "cfg_scale"):
     if getattr(a, name) is not None:
       opts[name] = int(getattr(a, name)) if name == "top_k" else getattr(a, name)
-  images = model.sample(params, labels, jax.random.PRNGKey(a.seed), **opts)
+  images = model.sample(params, {"label": labels}, jax.random.PRNGKey(a.seed), **opts)
   grid.save_grid(np.asarray(images), a.out)
   print(f"wrote {a.out}")
 

@@ -78,7 +78,7 @@ def main():
   cfg, model, params = build(os.path.join(ROOT, "configs/imagenet256/var_d16.py"))
   labels = jnp.arange(a.batch, dtype=jnp.int32) % model.num_classes
   opts = dict(cfg.sample)
-  first, best = time_call(lambda: model.sample(params, labels, jax.random.PRNGKey(0), **opts), a.repeats)
+  first, best = time_call(lambda: model.sample(params, {"label": labels}, jax.random.PRNGKey(0), **opts), a.repeats)
   lg_cfg = config_lib.load_config(os.path.join(ROOT, "configs/imagenet256/llamagen_b.py"))
   lg_tokens = 16 * 16
   print(f"device: {jax.devices()[0].device_kind}, batch {a.batch}, 256px, CFG {opts['cfg_scale']} "

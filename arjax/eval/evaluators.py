@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from arjax import config as config_lib
+from arjax import interfaces
 from arjax.eval import distributed, metrics
 
 COMMON = dict(type="", every=0, num_samples=1000, batch_size=64, split="test")
@@ -129,12 +130,10 @@ class Evaluator:
     return self._last[1]
 
   def conds(self, b: int):
-    """Conditioning for the full batch b: labels i % num_classes, or the split's captions."""
+    """Conditioning arrays for the full batch b: labels i % num_classes, or the split's captions."""
     if self.cfg.get("cond", "label") == "caption":
       return self.real_batch(b)["caption"]
-    num_classes = self.cfg["num_classes"] or getattr(self.model, "num_classes", 0)
-    if not num_classes:
-      raise ValueError(f"config.evals.{self.name}: the model has no num_classes; set num_classes")
+    num_classes = self.cfg["num_classes"] or self.model.num_classes
     return ((b * self.batch_size + np.arange(self.batch_size)) % num_classes).astype(np.int32)
 
   def sample_map(self, params, rng, out_fn) -> dict:
@@ -144,7 +143,7 @@ class Evaluator:
     opts = dict(self.cfg["sample_opts"])
 
     def fn(b, _):
-      cond = distributed.shard_batch(self.conds(b), mesh)
+      cond = {self.cfg.get("cond", "label"): distributed.shard_batch(self.conds(b), mesh)}
       images = self.model.sample(params, cond, jax.random.fold_in(rng, b), **opts)
       return out_fn(images, b)
 
@@ -225,12 +224,12 @@ class BpdEval(Evaluator):
 
   def __init__(self, *args):
     super().__init__(*args)
-    if not hasattr(self.model, "nll"):
+    nll = interfaces.optional(self.model, "nll")
+    if nll is None:
       raise ValueError(f"config.evals.{self.name} (type 'bpd') needs a likelihood: {type(self.model).__name__} "
                        "has no nll(params, batch) -> per-example summed NLL in nats")
     self.source()
-    preprocess = getattr(self.model, "preprocess", lambda batch: batch)
-    self._nll = jax.jit(lambda params, batch: self.model.nll(params, preprocess(batch)))
+    self._nll = jax.jit(lambda params, batch: nll(params, self.model.preprocess(batch)))
 
   def run(self, params, rng=None, step=None):
     mesh = distributed.local_mesh()
