@@ -1,9 +1,15 @@
 """Heads: small networks that turn a backbone feature into a distribution over one continuous token.
 
-Every head has init(rng, z_ND), loss(params, z_ND, x_NC, rng) -> per-row loss [N] and
-sample(params, z_ND, rng, *, steps, temperature, cfg_scale, z_uncond_ND, solver) -> [N, C].
+Every head (an arjax.interfaces.Head) has init(rng, z_ND), loss(params, z_ND, x_NC, rng) -> per-row loss [N] and
+sample(params, z_ND, rng, *, guide_scale=None, steps=None, temperature=1.0, solver=None) -> [N, C]: with
+guide_scale, z_ND holds the [cond ; uncond] rows [2N, D] of a guided pass and every solver step guides the
+prediction (velocity / noise) with guidance.combine.
 """
 from __future__ import annotations
+
+import jax.numpy as jnp
+
+from arjax.sampling import guidance
 
 HEAD_KEYS = ("kind", "width", "depth", "steps", "steps_end", "solver", "sde_scale", "batch_mul", "train_steps",
              "clip_x0")
@@ -20,3 +26,16 @@ def build(token_dim: int, cfg):
     from arjax.heads.diffusion import DiffusionHead
     return DiffusionHead(token_dim, cfg)
   raise ValueError(f"model.head.kind must be 'flow' or 'diffusion', got {cfg.kind!r}")
+
+
+def guided(fn, scale):
+  """fn(x, *args) -> prediction, guided: x [N, ...] is run as [x ; x] over a guided pass's [cond ; uncond] rows
+  and the two halves combined (guidance.combine); scale None: fn itself."""
+  if scale is None:
+    return fn
+  return lambda x, *args: guidance.combine(fn(jnp.concatenate([x, x]), *args), scale)
+
+
+def rows(z_ND, guide_scale) -> int:
+  """Rows a head samples for features z_ND (half of them under guidance)."""
+  return z_ND.shape[0] // (1 if guide_scale is None else 2)

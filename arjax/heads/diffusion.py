@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arjax import heads
 from arjax.heads.mlp import AdaLNMlp
 
 
@@ -57,24 +58,18 @@ class DiffusionHead:
     t = jax.random.randint(k_t, (m * n,), 0, self.num_train_steps)
     return self.loss_at(params, z, x, jax.random.normal(k_e, x.shape), t).reshape(m, n).mean(0)
 
-  def sample(self, params, z_ND, rng, *, steps=None, temperature=1.0, cfg_scale=1.0, z_uncond_ND=None,
-             solver=None):
-    """Tokens [N, C] by respaced ancestral DDPM; `solver` is accepted for interface parity and ignored."""
+  def sample(self, params, z_ND, rng, *, guide_scale=None, steps=None, temperature=1.0, solver=None):
+    """Tokens [N, C] by respaced ancestral DDPM (guide_scale: see arjax.heads; `solver` is accepted for interface
+    parity and ignored)."""
     del solver
     steps = self.cfg.steps if steps is None else steps
-    n, big_t = z_ND.shape[0], self.num_train_steps
+    big_t = self.num_train_steps
     k0, key = jax.random.split(rng)
     clip = self.cfg.get("clip_x0", 5.0)
     # timestep kept at respaced index i (0 = least noisy)
     tau = lambda i: jnp.round(i * (big_t - 1) / jnp.maximum(steps - 1, 1)).astype(jnp.int32)
 
-    def eps_fn(x, t):
-      t_N = jnp.full((x.shape[0],), t)
-      if z_uncond_ND is None:
-        return self.eps(params, x, t_N, z_ND)
-      e = self.eps(params, jnp.concatenate([x, x]), jnp.concatenate([t_N, t_N]),
-                   jnp.concatenate([z_ND, z_uncond_ND]))
-      return e[n:] + cfg_scale * (e[:n] - e[n:])
+    eps_fn = heads.guided(lambda x, t: self.eps(params, x, jnp.full((x.shape[0],), t), z_ND), guide_scale)
 
     def body(j, carry):
       x, key = carry
@@ -90,5 +85,5 @@ class DiffusionHead:
       noise = jax.random.normal(sub, x.shape)
       return mean + jnp.where(i > 0, jnp.sqrt(var) * temperature, 0.0) * noise, key
 
-    x = jax.random.normal(k0, (n, self.token_dim))
+    x = jax.random.normal(k0, (heads.rows(z_ND, guide_scale), self.token_dim))
     return jax.lax.fori_loop(0, steps, body, (x, key))[0]

@@ -2,14 +2,15 @@
 
 Linear path x_t = t * x + (1 - t) * eps (t=0 noise, t=1 data), v-prediction loss
 |v(x_t, t, z) - (x - eps)|^2, sampled with Euler, Heun or Euler–Maruyama (arjax/sampling/ode.py).
-Temperature scales the initial noise; classifier-free guidance mixes the conditional and
-unconditional velocities.
+Temperature scales the initial noise; classifier-free guidance combines the conditional and
+unconditional velocities at every solver step.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from arjax import heads
 from arjax.heads.mlp import AdaLNMlp
 from arjax.sampling import ode
 
@@ -47,21 +48,10 @@ class FlowMatchingHead:
     eps = jax.random.normal(k_e, x.shape)
     return self.loss_at(params, z, x, eps, t).reshape(m, n).mean(0)
 
-  def sample(self, params, z_ND, rng, *, steps=None, temperature=1.0, cfg_scale=1.0, z_uncond_ND=None,
-             solver=None):
-    """Tokens [N, C]; with z_uncond_ND, velocities are guided: v_u + cfg_scale * (v_c - v_u)."""
-    steps = self.cfg.steps if steps is None else steps
-    solver = solver or self.cfg.solver
-    n = z_ND.shape[0]
+  def sample(self, params, z_ND, rng, *, guide_scale=None, steps=None, temperature=1.0, solver=None):
+    """Tokens [N, C] by the ODE solver from temperature-scaled noise; guide_scale: see arjax.heads."""
     k0, k1 = jax.random.split(rng)
-
-    def v_fn(x, t):
-      t_N = jnp.full((x.shape[0],), t)
-      if z_uncond_ND is None:
-        return self.velocity(params, x, t_N, z_ND)
-      v = self.velocity(params, jnp.concatenate([x, x]), jnp.concatenate([t_N, t_N]),
-                        jnp.concatenate([z_ND, z_uncond_ND]))
-      return v[n:] + cfg_scale * (v[:n] - v[n:])
-
-    x0 = temperature * jax.random.normal(k0, (n, self.token_dim))
-    return ode.integrate(v_fn, x0, steps, solver=solver, rng=k1, sde_scale=self.cfg.get("sde_scale", 1.0))
+    v_fn = heads.guided(lambda x, t: self.velocity(params, x, jnp.full((x.shape[0],), t), z_ND), guide_scale)
+    x0 = temperature * jax.random.normal(k0, (heads.rows(z_ND, guide_scale), self.token_dim))
+    return ode.integrate(v_fn, x0, self.cfg.steps if steps is None else steps, solver=solver or self.cfg.solver,
+                         rng=k1, sde_scale=self.cfg.get("sde_scale", 1.0))

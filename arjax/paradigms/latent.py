@@ -1,36 +1,51 @@
 """What the continuous-token paradigms (MAR, ACDiT, FlowAR, xAR) share: VAE latents in, images out.
 
-A subclass calls LatentParadigm.__init__ and defines sample_latents(params, label_B,
-rng, *, temperature, ...) -> latent grid [B, h, w, C]; its keyword options are passed through.
+A subclass calls LatentParadigm.__init__, defines sample_latents(params, cond, rng, opts) -> latent grid
+[B, h, w, C] (`opts`: loop.options) and gets its `sample(params, cond, rng, **opts)` from `sampler(extra)`.
 """
 from __future__ import annotations
 
-import functools
+from arjax import conditioning
+from arjax import config as config_lib
+from arjax.sampling import loop
 
-import jax
-
-# sampler options that change the traced program (everything but temperature)
-STATIC_OPTIONS = ("cfg_scale", "cfg_schedule", "num_iter", "steps", "steps_end", "solver")
+# the sampling options of the flow-solved paradigms beyond guidance.DEFAULTS (None: the config's value)
+FLOW_OPTIONS = dict(steps=None, steps_end=None, solver=None)
 
 
 class LatentParadigm:
-  """The frozen tokenizer and its latent grid; preprocess (VAE encode) and sample (sample_latents, decode)."""
+  """The frozen tokenizer and its latent grid, the Conditioner; preprocess (VAE encode)."""
 
-  def __init__(self, cfg, tokenizer, tokenizer_params):
+  def __init__(self, cfg, tokenizer, tokenizer_params, keys=None):
+    if keys is not None:
+      config_lib.check_keys(cfg, keys, "model")
     self.cfg = cfg
     self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
+    self.conditioner = conditioning.Conditioner.make(cfg)
+    self.num_classes = self.conditioner.num_classes
     self.grid = tuple(tokenizer.grid)
     self.token_dim = tokenizer.latent_dim
-    self.num_classes = cfg.num_classes
     self.num_tokens = self.grid[0] * self.grid[1]
 
   def preprocess(self, batch):
-    """Images -> scaled VAE latents [B, h, w, C] with the frozen tokenizer."""
-    return dict(latent=self.tokenizer.encode(self.tokenizer_params, batch["image"]), label=batch["label"])
+    """Images -> scaled VAE latents [B, h, w, C] with the frozen tokenizer; the conditioning entries pass through."""
+    return dict(self.conditioner.from_batch(batch), latent=self.tokenizer.encode(self.tokenizer_params, batch["image"]))
 
-  @functools.partial(jax.jit, static_argnums=0, static_argnames=STATIC_OPTIONS)
-  def sample(self, params, label_B, rng, *, temperature=1.0, top_k=0, top_p=1.0, **options):
-    """Images [B, H, W, 3] in [-1, 1] for labels [B] (top_k / top_p are categorical-only and ignored)."""
-    del top_k, top_p
-    latent = self.sample_latents(params, label_B, rng, temperature=temperature, **options)
-    return self.tokenizer.decode(self.tokenizer_params, latent)
+
+def sampler(extra: dict):
+  """A latent paradigm's `sample(params, cond, rng, **opts)`: sample_latents, decoded; options: the defaults + extra."""
+
+  @loop.sampler(extra)
+  def sample(self, params, cond, rng, opts):
+    """Images [B, H, W, 3] in [-1, 1] for `cond` ({'label': [B]} or {'caption': [B, Lc]})."""
+    return self.tokenizer.decode(self.tokenizer_params, self.sample_latents(params, cond, rng, opts))
+
+  return sample
+
+
+def layout_for(key: str, value, make, *args, **kw):
+  """make(*args, **kw) (a Layout); a ValueError it raises names the config entry `model.<key>=<value>`."""
+  try:
+    return make(*args, **kw)
+  except ValueError as e:
+    raise ValueError(f"model.{key}={value}: {e}") from None

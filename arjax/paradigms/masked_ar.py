@@ -1,14 +1,16 @@
 """MAR: masked autoregression over continuous VAE latent tokens with a per-token head.
 
-A bidirectional (full-mask) encoder and decoder, MAE-style: the encoder sees [buffer of class
-tokens ; latent tokens] where unknown tokens are replaced by a learned [MASK] vector (MAR drops
+A bidirectional (full-mask) encoder and decoder, MAE-style: the encoder sees [buffer of copies of the
+condition vector ; latent tokens] where unknown tokens are replaced by a learned [MASK] vector (MAR drops
 them instead; keeping them makes the shapes static, and the encoder never sees their values), the
 decoder re-inserts its own [MASK] vector at unknown positions, and the head models each unknown
 token given its decoder feature. Training: a random generation order per image, mask ratio
 r ~ N(1, 0.25) truncated to [0.7, 1]; the first ceil(r N) tokens of the order are unknown and the
-head loss is averaged over them. Sampling: `num_iter` steps; after step s, floor(N cos(pi/2 (s+1)/S))
-tokens stay unknown (at least 1 until the last step, MAR's rule); CFG 'constant' or 'linear' in the
-fraction of known tokens; head steps optionally annealed over the steps (DiSA).
+head loss is averaged over them. Sampling: the sampler skeleton over `num_iter` rounds; after round s,
+floor(N cos(pi/2 (s+1)/S)) tokens stay unknown (at least 1 until the last round, MAR's rule), so the rounds are
+units of the tokens they reveal (next in a random order): forward is a full bidirectional pass, the head draws
+the round's tokens (guided with the scale schedule's progress = the fraction of tokens known after the round,
+MAR's rule), commit sets them; head steps optionally annealed over the rounds (DiSA).
 """
 from __future__ import annotations
 
@@ -19,14 +21,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arjax import conditioning
 from arjax import heads
 from arjax import masks
 from arjax.nn import layers
-from arjax.nn.transformer import Transformer
-from arjax.paradigms.latent import LatentParadigm
-from arjax.sampling import logits as logits_lib
+from arjax.nn.transformer import Transformer, TransformerConfig
+from arjax.paradigms import latent
+from arjax.sampling import loop
 from arjax.sampling import schedules
 
+KEYS = ("name", "num_classes", "cond", "width", "label_drop", "buffer", "num_iter", "encoder", "decoder", "head")
+OPTIONS = dict(num_iter=None, **latent.FLOW_OPTIONS)  # sampling options beyond guidance.DEFAULTS
 MASK_MEAN, MASK_STD, MASK_MIN, MASK_MAX = 1.0, 0.25, 0.7, 1.0
 
 
@@ -48,88 +53,96 @@ def unmask_schedule(num_tokens: int, num_iter: int):
 
 
 class MarNet(nn.Module):
-  """(tokens [B,N,C], known [B,N], label [B]) -> decoder features [B,N,D] for the head."""
-  num_classes: int
+  """(tokens [B,N,C], known [B,N], cond) -> decoder features [B,N,D] for the head."""
+  conditioner: conditioning.Conditioner
   width: int
   buffer: int
-  encoder: dict
-  decoder: dict
+  encoder: TransformerConfig
+  decoder: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BNC, known_BN, label_B):
+  def __call__(self, x_BNC, known_BN, cond):
     b, n, _ = x_BNC.shape
     vec = lambda name: self.param(name, nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
                                   (self.width,))
-    cls = nn.Embed(self.num_classes + 1, self.width, name="class_embed",
-                   embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
-    buf = jnp.broadcast_to(cls(label_B)[:, None, :], (b, self.buffer, self.width))
+    cond_BD = self.conditioner.embedder(self.width, name="cond")(cond)
+    buf = jnp.broadcast_to(cond_BD[:, None, :], (b, self.buffer, self.width))
     h = layers.dense(self.width, (None, "embed"), name="in")(x_BNC)
     h = jnp.where(known_BN[..., None], h, vec("enc_mask"))
-    h, _ = Transformer(**self.encoder, name="encoder")(jnp.concatenate([buf, h], 1), masks.full())
+    h, _ = Transformer(self.encoder, name="encoder")(jnp.concatenate([buf, h], 1), masks.full())
     h = layers.dense(self.width, ("embed", "mlp"), name="enc_to_dec")(h)
     h = h.at[:, self.buffer:].set(jnp.where(known_BN[..., None], h[:, self.buffer:], vec("dec_mask")))
-    h, _ = Transformer(**self.decoder, name="decoder")(h, masks.full())
+    h, _ = Transformer(self.decoder, name="decoder")(h, masks.full())
     return h[:, self.buffer:]
 
 
-class MaskedAR(LatentParadigm):
-  """MAR as a Trainable: preprocess / init / loss / sample_latents / sample; params = {net, head}."""
+class MaskedAR(latent.LatentParadigm):
+  """MAR (an arjax.interfaces.Paradigm); params = {net, head}."""
 
   def __init__(self, cfg, tokenizer, tokenizer_params):
-    super().__init__(cfg, tokenizer, tokenizer_params)
-    tcfg = lambda t: dict(t, max_len=self.num_tokens + cfg.buffer)
-    self.net = MarNet(cfg.num_classes, cfg.width, cfg.buffer, tcfg(cfg.encoder), tcfg(cfg.decoder))
+    super().__init__(cfg, tokenizer, tokenizer_params, KEYS)
+    tcfg = lambda part: TransformerConfig.make(cfg[part], f"model.{part}", width=cfg.width,
+                                               max_len=self.num_tokens + cfg.buffer)
+    self.net = MarNet(self.conditioner, cfg.width, cfg.buffer, tcfg("encoder"), tcfg("decoder"))
     self.head = heads.build(self.token_dim, cfg.head)
-
 
   def init(self, rng, batch):
     k1, k2 = jax.random.split(rng)
     x = jnp.zeros((1, self.num_tokens, self.token_dim))
-    net = self.net.init(k1, x, jnp.ones((1, self.num_tokens), bool), jnp.zeros((1,), jnp.int32))["params"]
+    net = self.net.init(k1, x, jnp.ones((1, self.num_tokens), bool), self.conditioner.example(1))["params"]
     return dict(net=net, head=self.head.init(k2, jnp.zeros((1, self.cfg.width))))
 
   def loss(self, params, batch, rng, train=True):
     x = batch["latent"].astype(jnp.float32)
     b = x.shape[0]
     x = x.reshape(b, self.num_tokens, self.token_dim)
-    label = batch["label"]
     k_drop, k_order, k_ratio, k_head = jax.random.split(rng, 4)
-    if train and self.cfg.label_drop > 0:
-      label = jnp.where(jax.random.bernoulli(k_drop, self.cfg.label_drop, label.shape), self.num_classes, label)
+    cond = self.conditioner.from_batch(batch)
+    cond = self.conditioner.drop(cond, k_drop) if train else cond
     rank = jnp.argsort(jax.random.uniform(k_order, (b, self.num_tokens)), axis=-1).argsort(axis=-1)
     n_unknown = jnp.ceil(self.num_tokens * mask_ratio(k_ratio, (b, 1)))
     unknown = rank < n_unknown
-    z = self.net.apply({"params": params["net"]}, x, ~unknown, label)
+    z = self.net.apply({"params": params["net"]}, x, ~unknown, cond)
     per = self.head.loss(params["head"], z.reshape(-1, z.shape[-1]), x.reshape(-1, self.token_dim), k_head)
     w = unknown.reshape(-1).astype(jnp.float32)
     loss = jnp.sum(per * w) / jnp.sum(w)
     return loss, dict(head_loss=loss, mask_ratio=jnp.mean(w))
 
-  def sample_latents(self, params, label_B, rng, *, temperature=1.0, cfg_scale=1.0, cfg_schedule="linear",
-                     num_iter=None, steps=None, steps_end=None, solver=None):
-    """Latent grid [B, h, w, C] by num_iter rounds of parallel unmasking in a random order."""
-    num_iter = num_iter or self.cfg.num_iter
-    steps = self.cfg.head.steps if steps is None else steps
-    steps_end = self.cfg.head.steps_end if steps_end is None else steps_end
-    b, n, c = label_B.shape[0], self.num_tokens, self.token_dim
-    use_cfg = cfg_scale != 1.0
-    labels = jnp.concatenate([label_B, jnp.full_like(label_B, self.num_classes)]) if use_cfg else label_B
+  def sample_latents(self, params, cond, rng, opts):
+    """Latent grid [B, h, w, C] by num_iter rounds of parallel unmasking in a random order (`opts`: loop.options
+    with OPTIONS): the skeleton's units are the rounds, sized by unmask_schedule."""
+    guide = loop.guidance(opts)
+    num_iter = opts["num_iter"] or self.cfg.num_iter
+    hcfg = self.cfg.head
+    steps = hcfg.steps if opts["steps"] is None else opts["steps"]
+    steps_end = hcfg.steps_end if opts["steps_end"] is None else opts["steps_end"]
+    b, n, c = self.conditioner.batch_size(cond), self.num_tokens, self.token_dim
     k_order, rng = jax.random.split(rng)
-    order = jnp.argsort(jax.random.uniform(k_order, (b, n)), axis=-1)
-    tokens, known = jnp.zeros((b, n, c)), jnp.zeros((b, n), bool)
-    prev = n
-    for s, n_left in enumerate(unmask_schedule(n, num_iter)):
-      dbl = lambda a: jnp.concatenate([a, a]) if use_cfg else a
-      z = self.net.apply({"params": params["net"]}, dbl(tokens), dbl(known), labels)
-      idx = order[:, n_left:prev]
-      pick = lambda zz: jnp.take_along_axis(zz, idx[..., None], axis=1).reshape(-1, zz.shape[-1])
-      scale = logits_lib.cfg_scale(cfg_scale, (n - n_left) / n, cfg_schedule)
-      new = self.head.sample(params["head"], pick(z[:b]), jax.random.fold_in(rng, s),
-                             steps=schedules.annealed_steps(steps, steps_end, s / max(num_iter - 1, 1)),
-                             temperature=temperature, cfg_scale=scale, solver=solver,
-                             z_uncond_ND=pick(z[b:]) if use_cfg else None)
-      rows = jnp.arange(b)[:, None]
-      tokens = tokens.at[rows, idx].set(new.reshape(b, -1, c))
-      known = known.at[rows, idx].set(True)
-      prev = n_left
+    order_BN = jnp.argsort(jax.random.uniform(k_order, (b, n)), axis=-1)  # token generated i-th
+    rank_BN = jnp.argsort(order_BN, axis=-1)  # when each token is generated
+    cond = self.conditioner.double(cond) if guide.on else cond
+    unit_idx = lambda unit: jax.lax.dynamic_slice_in_dim(order_BN, unit.start, unit.size, axis=1)
+
+    def forward(params, state, unit):  # a full bidirectional pass; the features of this round's tokens
+      z = self.net.apply({"params": params["net"]}, guide.double(state.out), guide.double(rank_BN < unit.start), cond)
+      idx = guide.double(unit_idx(unit))
+      return jnp.take_along_axis(z, idx[..., None], axis=1).reshape(-1, z.shape[-1]), state.cache
+
+    def sample(params, z_ND, scale, unit, rng):
+      if scale is not None:  # MAR's guidance progress: the fraction of tokens known after this round
+        scale = guide.at((unit.start + unit.size) / n)
+      return self.head.sample(params["head"], z_ND, rng, guide_scale=scale,
+                              steps=schedules.annealed_steps(steps, steps_end, unit.progress),
+                              temperature=opts["temperature"], solver=opts["solver"])
+
+    def commit(state, x_NC, unit):
+      out = state.out.at[jnp.arange(b)[:, None], unit_idx(unit)].set(x_NC.reshape(b, unit.size, c))
+      return out, state.feed, state.done_B
+
+    left = unmask_schedule(n, num_iter)
+    sizes = tuple(int(a - z) for a, z in zip([n] + left[:-1], left))
+    state = loop.init_state(out=jnp.zeros((b, n, c)), feed=None, cache=None, batch=b, rng=rng)
+    tokens = loop.run(loop.Steps(forward, sample, commit), params, sizes, state, guide).out
     return tokens.reshape(b, *self.grid, c)
+
+  sample = latent.sampler(OPTIONS)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from conftest import random_params
 
+from arjax.paradigms import latent
 from arjax.paradigms.block_diffusion import BlockDiffusion
+from arjax.sampling import loop
 from arjax.sampling import ode
 
 TOKENIZER = types.SimpleNamespace(grid=(4, 4), latent_dim=3)
@@ -43,13 +45,13 @@ def scam_by_rule(block, n):
 @pytest.mark.parametrize("block", [1, 2, 4, 16])
 def test_mask_is_scam(block):
   model, _ = make(block, with_params=False)
-  np.testing.assert_array_equal(model.mask().dense(2 * N, 2 * N), scam_by_rule(block, N))
+  np.testing.assert_array_equal(model.train_mask.dense(2 * N, 2 * N), scam_by_rule(block, N))
 
 
 def test_mask_limits_full_sequence_diffusion_and_tokenwise_ar():
-  full_seq = make(N, with_params=False)[0].mask().dense(2 * N, 2 * N)
+  full_seq = make(N, with_params=False)[0].train_mask.dense(2 * N, 2 * N)
   assert full_seq[N:, N:].all() and not full_seq[N:, :N].any()  # noised tokens: plain full attention
-  ar = make(1, with_params=False)[0].mask().dense(2 * N, 2 * N)
+  ar = make(1, with_params=False)[0].train_mask.dense(2 * N, 2 * N)
   np.testing.assert_array_equal(ar[:N, :N], np.tril(np.ones((N, N), bool)))  # clean stream is causal
   np.testing.assert_array_equal(ar[N:, :N], np.tril(np.ones((N, N), bool), -1))  # token i sees clean < i
   np.testing.assert_array_equal(ar[N:, N:], np.eye(N, dtype=bool))  # ... and only itself among noised
@@ -62,12 +64,12 @@ def test_outputs_depend_only_on_visible_clean_tokens(block):
   rng = np.random.default_rng(0)
   x1, xt = (jnp.asarray(rng.standard_normal((2, N, 3)), jnp.float32) for _ in range(2))
   t = jnp.asarray(rng.uniform(size=(2, N)), jnp.float32)
-  label = jnp.array([0, 2])
+  cond = {"label": jnp.array([0, 2])}
 
   @jax.jit
   def noised_out(x1):
     inputs, tt, flags, pos, out = model.train_inputs(x1, xt, t)
-    return model.net.apply({"params": params}, inputs, label, tt, flags, model.mask(), pos)[0][:, out]
+    return model.net.apply({"params": params}, inputs, cond, tt, flags, model.train_mask, pos)[0][:, out]
 
   base = np.asarray(noised_out(x1))
   for i in (0, 7, 15):
@@ -85,7 +87,8 @@ def test_adaln_modulates_only_the_noised_tokens():
 
   def out(label, t):
     inputs, tt, flags, pos, _ = model.train_inputs(x1, xt, t)
-    return np.asarray(model.net.apply({"params": params}, inputs, jnp.array([label]), tt, flags, model.mask(), pos)[0])
+    return np.asarray(model.net.apply({"params": params}, inputs, {"label": jnp.array([label])}, tt, flags,
+                                      model.train_mask, pos)[0])
 
   base = out(0, t)
   for other in (out(2, t), out(0, 1 - t)):  # another class, other times
@@ -95,9 +98,9 @@ def test_adaln_modulates_only_the_noised_tokens():
 
 def sample_by_recompute(model, params, label_B, rng, cfg_scale, solver, temperature=1.0):
   """The block sampler with the full [clean ; noised] sequence recomputed at every solver step."""
-  b, size, n_blocks = label_B.shape[0], model.sizes[0], len(model.sizes)
+  b, size, n_blocks = label_B.shape[0], model.layout.sizes[0], model.layout.num_units
   use_cfg = cfg_scale != 1.0
-  labels = jnp.concatenate([label_B, jnp.full_like(label_B, 3)]) if use_cfg else label_B
+  cond = {"label": jnp.concatenate([label_B, jnp.full_like(label_B, 3)]) if use_cfg else label_B}
   clean = jnp.zeros((b, N, 3))
   for k in range(n_blocks):
     scale = 1 + (cfg_scale - 1) * k / max(n_blocks - 1, 1)
@@ -109,12 +112,13 @@ def sample_by_recompute(model, params, label_B, rng, cfg_scale, solver, temperat
       bb = seq.shape[0]
       t = jnp.concatenate([jnp.ones((bb, N)), jnp.full((bb, N), tau)], 1)
       flags = jnp.concatenate([jnp.ones((bb, N), bool), jnp.zeros((bb, N), bool)], 1)
-      pos = np.concatenate([model.positions, model.positions])
-      v = model.net.apply({"params": params}, seq, labels, t, flags, model.mask(), pos)[0]
+      pos = np.concatenate([model.positions] * 2)
+      v = model.net.apply({"params": params}, seq, cond, t, flags, model.train_mask, pos)[0]
       v = v[:, N + k * size:N + (k + 1) * size]
       return v[b:] + scale * (v[:b] - v[b:]) if use_cfg else v
 
-    k0, k1 = jax.random.split(jax.random.fold_in(rng, k))
+    rng, key = jax.random.split(rng)  # the sampler skeleton's key for unit k
+    k0, k1 = jax.random.split(key)
     x0 = temperature * jax.random.normal(k0, (b, size, 3))
     clean = clean.at[:, k * size:(k + 1) * size].set(ode.integrate(v_fn, x0, 3, solver=solver, rng=k1))
   return clean.reshape(b, 4, 4, 3)
@@ -126,8 +130,8 @@ def test_cached_sampler_equals_recompute(block, cfg_scale, solver, pos):
   model, params = make(block, pos)
   label = jnp.array([0, 2])
   rng = jax.random.PRNGKey(3)
-  got = jax.jit(lambda p: model.sample_latents(p, label, rng, cfg_scale=cfg_scale, cfg_schedule="linear",
-                                               solver=solver))(params)
+  opts = loop.options(dict(cfg_scale=cfg_scale, cfg_schedule="linear", solver=solver), latent.FLOW_OPTIONS)
+  got = jax.jit(lambda p: model.sample_latents(p, {"label": label}, rng, opts))(params)
   want = jax.jit(lambda p: sample_by_recompute(model, p, label, rng, cfg_scale, solver))(params)
   assert np.abs(np.asarray(want)).max() > 0.1
   np.testing.assert_allclose(got, want, atol=1e-5)
@@ -140,5 +144,5 @@ def test_loss_is_finite_and_bad_block_size_is_an_error():
   assert np.isfinite(loss) and set(metrics) == {"mse"}
   with pytest.raises(ValueError, match="block_size=3"):
     make(3, with_params=False)
-
-
+  with pytest.raises(ValueError, match="unknown sampling option"):
+    model.sample(params, {"label": jnp.array([0])}, jax.random.PRNGKey(0), num_iter=3)

@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from arjax.paradigms import masked_ar
+from arjax.sampling import loop
 
 TOKENIZER = types.SimpleNamespace(grid=(4, 4), latent_dim=3)
 
@@ -51,7 +52,7 @@ def test_unknown_token_values_are_invisible():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 16, 3)), jnp.float32)
   known = jnp.asarray(rng.uniform(size=(2, 16)) < 0.5)
-  f = jax.jit(lambda x: model.net.apply({"params": params["net"]}, x, known, jnp.array([0, 1])))
+  f = jax.jit(lambda x: model.net.apply({"params": params["net"]}, x, known, {"label": jnp.array([0, 1])}))
   base = f(x)
   assert np.abs(np.asarray(f(jnp.where(known[..., None], x, 5.0)) - base)).max() < 1e-5
   assert np.abs(np.asarray(f(jnp.where(known[..., None], x + 1.0, x)) - base)).max() > 1e-3
@@ -60,12 +61,46 @@ def test_unknown_token_values_are_invisible():
 @pytest.mark.parametrize("kind", ["flow", "diffusion"])
 def test_each_token_is_drawn_once_with_head_noise_and_cfg(kind):
   model, params = make(kind)
-  lat = jax.jit(lambda p: model.sample_latents(p, jnp.array([0, 2]), jax.random.PRNGKey(3), cfg_scale=3.0,
-                                               steps=4))(params)
+  opts = loop.options(dict(cfg_scale=3.0, cfg_schedule="linear", steps=4), masked_ar.OPTIONS)
+  lat = jax.jit(lambda p: model.sample_latents(p, {"label": jnp.array([0, 2])}, jax.random.PRNGKey(3), opts))(params)
   lat = np.asarray(lat)
   assert lat.shape == (2, 4, 4, 3) and np.isfinite(lat).all()
   assert (np.abs(lat).sum(-1) > 0).all()  # every position was filled
   assert np.abs(lat[0] - lat[1]).max() > 1e-3
+
+
+def sample_by_hand(model, params, label_B, rng, cfg_scale, steps):
+  """MAR's loop written out: round s reveals the next tokens of a random order, guided (linear in the fraction of
+  tokens known after the round) from a full pass over [cond ; null]."""
+  b, n = label_B.shape[0], 16
+  k_order, rng = jax.random.split(rng)
+  order = jnp.argsort(jax.random.uniform(k_order, (b, n)), axis=-1)
+  cond = {"label": jnp.concatenate([label_B, jnp.full_like(label_B, 3)])}
+  tokens, known, prev = jnp.zeros((b, n, 3)), jnp.zeros((b, n), bool), 0
+  for left in masked_ar.unmask_schedule(n, model.cfg.num_iter):
+    rng, key = jax.random.split(rng)  # the sampler skeleton's key for this round
+    z = model.net.apply({"params": params["net"]}, jnp.concatenate([tokens] * 2), jnp.concatenate([known] * 2), cond)
+    idx = order[:, prev:n - left]
+    pick = lambda zz: jnp.take_along_axis(zz, idx[..., None], axis=1).reshape(-1, zz.shape[-1])
+    scale = 1 + (cfg_scale - 1) * (n - left) / n
+    new = model.head.sample(params["head"], jnp.concatenate([pick(z[:b]), pick(z[b:])]), key, guide_scale=scale,
+                            steps=steps)
+    tokens = tokens.at[jnp.arange(b)[:, None], idx].set(new.reshape(b, -1, 3))
+    known = known.at[jnp.arange(b)[:, None], idx].set(True)
+    prev = n - left
+  return tokens.reshape(b, 4, 4, 3)
+
+
+@pytest.mark.parametrize("num_iter", [4, 16])
+def test_sampler_skeleton_equals_mars_loop_by_hand(num_iter):
+  model, params = make("flow")
+  model.cfg.num_iter = num_iter  # 16: one token per round, units of equal size run in a while loop
+  label, rng = jnp.array([1, 2]), jax.random.PRNGKey(4)
+  opts = loop.options(dict(cfg_scale=2.5, cfg_schedule="linear", steps=3), masked_ar.OPTIONS)
+  got = jax.jit(lambda p: model.sample_latents(p, {"label": label}, rng, opts))(params)
+  want = jax.jit(lambda p: sample_by_hand(model, p, label, rng, 2.5, 3))(params)
+  assert np.abs(np.asarray(want)).max() > 0.1
+  np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_loss_counts_only_unknown_tokens():
@@ -73,3 +108,5 @@ def test_loss_counts_only_unknown_tokens():
   batch = dict(latent=jnp.ones((4, 4, 4, 3)), label=jnp.array([0, 1, 2, 0]))
   loss, metrics = model.loss(params, batch, jax.random.PRNGKey(0))
   assert np.isfinite(loss) and 0.7 <= float(metrics["mask_ratio"]) <= 1.0
+  with pytest.raises(ValueError, match="unknown sampling option"):
+    model.sample(params, {"label": jnp.array([0])}, jax.random.PRNGKey(0), num_iters=3)
