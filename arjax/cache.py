@@ -1,10 +1,19 @@
 """Explicit KV cache pytrees: the caller owns the cache; prefill and extend are the same call.
 
-A cache holds, per layer, keys and values [B, S, Hkv, D] for S slots, and `index`, the number of
-positions already written (shared by the batch). Feeding L new tokens writes slots
-[index, index + L) and advances index by L.
+Per layer, keys and values [B, S, G, D] in S slots. Each row b has written end_B[b] tokens (the
+sequence index of its next token); pos_BS[b, s] is the sequence index slot s holds (-1: empty), so
+attention masks by cached *sequence indices*, never by slot. Layouts (as kernels_pallas.decode_attention):
+  * contiguous (window=None): index i lives at slot i (S = the longest sequence);
+  * ring with sink (S = sink + window): indices [0, sink) keep slots [0, sink) forever; index
+    i >= sink lives at slot sink + (i - sink) % window, so the cache holds sink ∪ the last window.
+Feeding L tokens writes indices end_B + [0, L) (`write`, per row) and `advance` moves end_B by L.
+`truncate` rolls rows back; on a ring, indices evicted before the rollback do not come back, and the
+Pallas decode kernel (which derives slot positions from end_B) is then exact only once the ring has
+refilled: serve a truncated ring with impl='xla'.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import flax
 import jax
@@ -13,32 +22,79 @@ import jax.numpy as jnp
 
 @flax.struct.dataclass
 class KVCache:
-  k: tuple  # per layer [B, S, Hkv, D]
+  k: tuple  # per layer [B, S, G, D]
   v: tuple
-  index: jax.Array  # int32 scalar
+  pos_BS: jax.Array  # int32 sequence index held by each slot; -1 = empty
+  end_B: jax.Array  # int32 [B]: tokens written per row = sequence index of the next token
+  window: Optional[int] = flax.struct.field(pytree_node=False, default=None)  # ring size; None = contiguous
+  sink: int = flax.struct.field(pytree_node=False, default=0)  # ring: slots [0, sink) keep indices [0, sink)
 
   @property
-  def max_len(self) -> int:
-    return self.k[0].shape[1]
+  def size(self) -> int:
+    """Slots per layer (S)."""
+    return self.pos_BS.shape[1]
 
 
-def init(depth: int, batch: int, max_len: int, kv_heads: int, head_dim: int,
-         dtype=jnp.float32) -> KVCache:
-  """An empty cache of `max_len` slots per layer."""
-  zeros = lambda: jnp.zeros((batch, max_len, kv_heads, head_dim), dtype)
+def init(depth: int, batch: int, length: int, kv_heads: int, head_dim: int, dtype=jnp.float32, *,
+         window: Optional[int] = None, sink: int = 0) -> KVCache:
+  """An empty cache for sequences of up to `length` tokens; a ring (sink + window slots) if that is shorter."""
+  if window is not None and (window <= 0 or sink < 0):
+    raise ValueError(f"a ring cache needs window > 0 and sink >= 0, got window={window}, sink={sink}")
+  if window is None and sink:
+    raise ValueError(f"sink={sink} needs a ring cache (window=...)")
+  if window is not None and sink + window >= length:
+    window, sink = None, 0  # nothing would ever be evicted: contiguous is the same cache
+  size = length if window is None else sink + window
+  zeros = lambda: jnp.zeros((batch, size, kv_heads, head_dim), dtype)
   return KVCache(k=tuple(zeros() for _ in range(depth)), v=tuple(zeros() for _ in range(depth)),
-                 index=jnp.zeros((), jnp.int32))
+                 pos_BS=jnp.full((batch, size), -1, jnp.int32), end_B=jnp.zeros((batch,), jnp.int32),
+                 window=window, sink=sink)
 
 
-def write(k_cache_BSGD, v_cache_BSGD, k_BLGD, v_BLGD, index):
-  """Writes L new keys/values at slot `index` (no bounds growth: the caller sizes the cache)."""
-  k_cache_BSGD = jax.lax.dynamic_update_slice_in_dim(k_cache_BSGD, k_BLGD.astype(k_cache_BSGD.dtype),
-                                                     index, axis=1)
-  v_cache_BSGD = jax.lax.dynamic_update_slice_in_dim(v_cache_BSGD, v_BLGD.astype(v_cache_BSGD.dtype),
-                                                     index, axis=1)
-  return k_cache_BSGD, v_cache_BSGD
+def slots(cache: KVCache, idx_BL):
+  """Slot holding each sequence index (contiguous: the index; ring: sink + (i - sink) % window)."""
+  if cache.window is None:
+    return idx_BL
+  return jnp.where(idx_BL < cache.sink, idx_BL, cache.sink + (idx_BL - cache.sink) % cache.window)
 
 
-def advance(cache: KVCache, new_k, new_v, n_new: int) -> KVCache:
-  """Returns the cache with updated layers and index advanced by n_new."""
-  return KVCache(k=tuple(new_k), v=tuple(new_v), index=cache.index + n_new)
+def query_indices(cache: KVCache, n: int):
+  """Sequence indices int32 [B, n] of the next n tokens of every row."""
+  return cache.end_B[:, None] + jnp.arange(n, dtype=jnp.int32)
+
+
+def _check_len(cache: KVCache, n: int):
+  if cache.window is not None and n > cache.window:
+    raise ValueError(f"cannot write {n} tokens at once into a ring of window {cache.window}")
+
+
+def write(cache: KVCache, layer_k, layer_v, k_BLGD, v_BLGD):
+  """One layer's (k_all, v_all) with L new keys/values at indices end_B + [0, L), per row (a scatter)."""
+  _check_len(cache, k_BLGD.shape[1])
+  slot_BL = slots(cache, query_indices(cache, k_BLGD.shape[1]))
+  rows_B1 = jnp.arange(slot_BL.shape[0])[:, None]
+  put = lambda buf, new: buf.at[rows_B1, slot_BL].set(new.astype(buf.dtype), mode="drop")
+  return put(layer_k, k_BLGD), put(layer_v, v_BLGD)
+
+
+def written_pos(cache: KVCache, n: int):
+  """pos_BS once the next n tokens are written (what attention over the written layers sees)."""
+  _check_len(cache, n)
+  idx_BL = query_indices(cache, n)
+  return cache.pos_BS.at[jnp.arange(idx_BL.shape[0])[:, None], slots(cache, idx_BL)].set(idx_BL, mode="drop")
+
+
+def advance(cache: KVCache, new_k, new_v, n: int) -> KVCache:
+  """The cache with the written layers, n more indices held and end_B advanced by n."""
+  return cache.replace(k=tuple(new_k), v=tuple(new_v), pos_BS=written_pos(cache, n), end_B=cache.end_B + n)
+
+
+def truncate(cache: KVCache, end_B) -> KVCache:
+  """Per-row rollback: end = min(end, end_B); slots holding indices >= the new end become empty."""
+  end_B = jnp.minimum(cache.end_B, jnp.asarray(end_B, jnp.int32))
+  return cache.replace(pos_BS=jnp.where(cache.pos_BS >= end_B[:, None], -1, cache.pos_BS), end_B=end_B)
+
+
+def reset(cache: KVCache) -> KVCache:
+  """All slots empty, every row at index 0 (buffers are kept; empty slots are never read)."""
+  return truncate(cache, jnp.zeros_like(cache.end_B))

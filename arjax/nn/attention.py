@@ -3,33 +3,48 @@
 `impl="xla"` is the jnp reference (runs everywhere); `impl="pallas"` calls kernels_pallas; `"auto"`
 uses Pallas on TPU where the kernels support the combination and XLA elsewhere. An explicit
 `"pallas"` request that cannot be served raises at trace time saying why.
+
+Two entry points: `attention` (no cache: keys are the queries' sequence, a static query offset, the
+flash kernel's block tables) and `cached_attention` (keys are KV-cache slots carrying their sequence
+indices, -1 = empty; the mask is evaluated on sequence indices, per row).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kernels_pallas import masks as masks_lib
 
 IMPLS = ("auto", "xla", "pallas")
 
 
-def xla_attention(q_BQHD, k_BKGD, v_BKGD, mask: masks_lib.MaskSpec, *, q_offset=0, kv_valid_B=None,
-                  sm_scale=None):
-  """Reference attention; q_offset and kv_valid_B (per-row valid cache length) may be traced."""
+def is_runtime(mask) -> bool:
+  """Whether `mask` is only known at run time (e.g. `ranked`): its `mask_fn` is missing or raises, so it has
+  no static block table and `allowed` is its only view."""
+  if hasattr(mask, "is_runtime"):
+    return bool(mask.is_runtime)
+  try:
+    mask.mask_fn(np.zeros((1, 1), np.int32), np.zeros((1, 1), np.int32))
+  except (AttributeError, NotImplementedError, TypeError):
+    return True
+  return False
+
+
+def xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_idx_BQ=None, k_idx_BK=None, sm_scale=None):
+  """Reference attention over explicit sequence indices (default arange; batch dim may be 1;
+  keys with index < 0 are empty). Fully masked rows are zeros."""
   b, lq, h, d = q_BQHD.shape
   lk, g = k_BKGD.shape[1], k_BKGD.shape[2]
   if h % g:
     raise ValueError(f"query heads {h} must be a multiple of kv heads {g}")
+  q_idx_BQ = jnp.arange(lq, dtype=jnp.int32)[None] if q_idx_BQ is None else jnp.asarray(q_idx_BQ)
+  k_idx_BK = jnp.arange(lk, dtype=jnp.int32)[None] if k_idx_BK is None else jnp.asarray(k_idx_BK)
   scale = d ** -0.5 if sm_scale is None else sm_scale
   q = q_BQHD.reshape(b, lq, g, h // g, d)
   logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_BKGD, preferred_element_type=jnp.float32) * scale
-  q_pos = jnp.arange(lq)[:, None] + q_offset
-  k_pos = jnp.arange(lk)[None, :]
-  allowed_QK = mask.mask_fn(q_pos, k_pos)
-  allowed = jnp.broadcast_to(allowed_QK, (b, 1, 1, lq, lk))
-  if kv_valid_B is not None:
-    allowed = allowed & (k_pos < kv_valid_B[:, None, None, None, None])
+  allowed_BQK = mask.allowed(q_idx_BQ, k_idx_BK) & (k_idx_BK >= 0)[:, None, :]
+  allowed = jnp.broadcast_to(allowed_BQK[:, None, None], (b, 1, 1, lq, lk))
   logits = jnp.where(allowed, logits, -jnp.inf)
   m = jnp.max(logits, axis=-1, keepdims=True)
   m = jnp.where(jnp.isfinite(m), m, 0.0)
@@ -40,41 +55,59 @@ def xla_attention(q_BQHD, k_BKGD, v_BKGD, mask: masks_lib.MaskSpec, *, q_offset=
   return out.reshape(b, lq, h, d)
 
 
-def _pallas_reason(mask, q, k, cached: bool, static_offset: bool):
-  """None if a Pallas kernel can serve this call, else why not."""
+def _dispatch(impl, reason, mask, q, k, xla, pallas):
+  """xla() or pallas() by impl and `reason` (None: Pallas can serve it)."""
+  if impl not in IMPLS:
+    raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
+  if impl == "xla" or (impl == "auto" and (reason is not None or jax.default_backend() != "tpu")):
+    return xla()
+  if reason is not None:
+    raise ValueError(f"attention impl='pallas' cannot serve {mask} with q {q.shape}, k {k.shape}: {reason}")
+  return pallas()
+
+
+def _supported(mask, q, k, kernel):
   import kernels_pallas
-  backend = jax.default_backend()
-  if cached:
-    # The KV cache is contiguous with the queries as its last entries: causal decoding is exactly
-    # decode_attention(causal=True); other masks need positions the decode kernel does not take.
-    if not isinstance(mask, masks_lib.Causal):
-      return f"cached decoding with {mask} is served by XLA only (decode_attention takes causal masks)"
-    ok, reason = kernels_pallas.supported(mask, q.shape, k.shape, q.dtype, backend, kernel="decode")
-    return None if ok else reason
-  if not static_offset:
-    return "flash_attention needs a static q_offset"
-  ok, reason = kernels_pallas.supported(mask, q.shape, k.shape, q.dtype, backend)
+  ok, reason = kernels_pallas.supported(mask, q.shape, k.shape, q.dtype, jax.default_backend(), kernel=kernel)
   return None if ok else reason
 
 
-def attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_offset=0, kv_valid_B=None, sm_scale=None, impl="auto"):
-  """Dispatches to the XLA reference, the Pallas block-sparse kernel or the Pallas decode kernel.
+def attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_offset: int = 0, sm_scale=None, impl="auto"):
+  """No cache: query i has sequence index q_offset + i, key j index j. Pallas: the flash kernel."""
+  if is_runtime(mask):
+    reason = f"{mask} is a run-time mask (no static block table): served by XLA only"
+  elif not isinstance(q_offset, int):
+    reason = "flash_attention needs a static q_offset"
+  else:
+    reason = _supported(mask, q_BQHD, k_BKGD, "flash")
 
-  With kv_valid_B (a KV cache), the queries are the last q_len of the kv_valid_B[b] valid entries.
-  """
-  if impl not in IMPLS:
-    raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
-  xla = lambda: xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_offset=q_offset, kv_valid_B=kv_valid_B,
+  def pallas():
+    import kernels_pallas
+    return kernels_pallas.flash_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_offset=q_offset, sm_scale=sm_scale)
+
+  xla = lambda: xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_idx_BQ=jnp.arange(q_BQHD.shape[1])[None] + q_offset,
                               sm_scale=sm_scale)
-  if impl == "xla":
-    return xla()
-  reason = _pallas_reason(mask, q_BQHD, k_BKGD, kv_valid_B is not None, isinstance(q_offset, int))
-  if impl == "auto" and (reason is not None or jax.default_backend() != "tpu"):
-    return xla()
-  if reason is not None:
-    raise ValueError(f"attention impl='pallas' cannot serve {mask} with q {q_BQHD.shape}, "
-                     f"k {k_BKGD.shape}: {reason}")
-  import kernels_pallas
-  if kv_valid_B is not None:
-    return kernels_pallas.decode_attention(q_BQHD, k_BKGD, v_BKGD, kv_valid_B, causal=True, sm_scale=sm_scale)
-  return kernels_pallas.flash_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_offset=q_offset, sm_scale=sm_scale)
+  return _dispatch(impl, reason, mask, q_BQHD, k_BKGD, xla, pallas)
+
+
+def cached_attention(q_BQHD, k_BSGD, v_BSGD, mask, q_idx_BQ, pos_BS, *, window=None, sink=0, whole_unit=False,
+                     sm_scale=None, impl="auto"):
+  """Queries at sequence indices q_idx_BQ = end_B + [0, Q) (already written) against cache slots holding
+  indices pos_BS (-1 empty). Pallas (decode kernel, lengths end_B + Q): causal masks (causal=True) and
+  `whole_unit` calls, where the queries are one whole AR unit seeing every cached key and each other
+  (causal=False); a promise by the caller: XLA evaluates `mask` either way."""
+  if is_runtime(mask):
+    reason = f"{mask} is a run-time mask: served by XLA only"
+  elif not (whole_unit or isinstance(mask, masks_lib.Causal)):
+    reason = (f"cached decoding with {mask} is served by XLA only (decode_attention takes causal masks or "
+              "whole_unit=True calls)")
+  else:
+    reason = _supported(mask, q_BQHD, k_BSGD, "decode")
+
+  def pallas():
+    import kernels_pallas
+    return kernels_pallas.decode_attention(q_BQHD, k_BSGD, v_BSGD, q_idx_BQ[:, -1] + 1, window=window, sink=sink,
+                                           causal=not whole_unit, sm_scale=sm_scale)
+
+  xla = lambda: xla_attention(q_BQHD, k_BSGD, v_BSGD, mask, q_idx_BQ=q_idx_BQ, k_idx_BK=pos_BS, sm_scale=sm_scale)
+  return _dispatch(impl, reason, mask, q_BQHD, k_BSGD, xla, pallas)

@@ -5,11 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arjax import cache as cache_lib
 from arjax import masks
 from arjax.nn import attention as attn_lib
 from arjax.nn import rope
-from arjax.nn.transformer import Transformer
+from arjax.nn.transformer import Transformer, TransformerConfig
 
 SPECS = [masks.full(), masks.causal(), masks.block_causal((1, 4, 9, 3)), masks.skip_causal(3, 3),
          masks.window_sink(3, 2, 1), masks.prefix(4, masks.causal())]
@@ -36,23 +35,25 @@ def test_unknown_impl_and_unservable_pallas_raise():
   with pytest.raises(ValueError, match="impl"):
     attn_lib.attention(q, q, q, masks.causal(), impl="cuda")
   with pytest.raises(ValueError, match="served by XLA only"):
-    attn_lib.attention(q, q, q, masks.block_causal((2, 2)), kv_valid_B=jnp.array([4]), q_offset=jnp.int32(0),
-                       impl="pallas")
+    attn_lib.cached_attention(q, q, q, masks.block_causal((2, 2)), jnp.arange(4)[None], jnp.arange(4)[None],
+                              impl="pallas")
+  with pytest.raises(ValueError, match="run-time mask"):
+    attn_lib.attention(q, q, q, masks.ranked(jnp.arange(4)[None]), impl="pallas")
 
 
 @pytest.mark.parametrize("pos,qk_norm", [("rope2d", "rms"), ("rope1d", "l2")])
 def test_transformer_pallas_matches_xla_full_and_cached(pos, qk_norm):
   """impl='pallas' (flash for the full pass, decode kernel for cached steps) equals impl='xla'."""
-  kw = dict(depth=2, heads=4, kv_heads=2, pos=pos, qk_norm=qk_norm)
+  kw = dict(width=32, depth=2, heads=4, kv_heads=2, pos=pos, qk_norm=qk_norm)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 32))
   positions = rope.grid_positions(3, 4) if pos == "rope2d" else None
-  params = nn.meta.unbox(Transformer(**kw, impl="xla").init(jax.random.PRNGKey(1), x, masks.causal(),
-                                                            positions=positions))
+  params = nn.meta.unbox(Transformer(TransformerConfig(**kw, impl="xla")).init(
+      jax.random.PRNGKey(1), x, masks.causal(), positions=positions))
   outs = {}
   for impl in ("xla", "pallas"):
-    model = Transformer(**kw, impl=impl)
+    model = Transformer(TransformerConfig(**kw, impl=impl))
     full, _ = model.apply(params, x, masks.causal(), positions=positions)
-    cache = cache_lib.init(2, 2, 12, 2, 8)
+    cache = model.init_cache(2, 12)
     h1, cache = model.apply(params, x[:, :7], masks.causal(), positions=None if positions is None else positions[:7],
                             cache=cache)
     h2, cache = model.apply(params, x[:, 7:8], masks.causal(),
@@ -77,8 +78,9 @@ def test_rope_is_relative():
     ("rope1d", False, masks.causal(), "rms"), ("learned", True, masks.causal(), "l2"),
     ("rope2d", False, masks.causal(), False), ("rope1d", False, masks.block_causal((1, 4, 9)), "l2")])
 def test_cached_decoding_matches_full_forward(pos, adaln, spec, qk_norm):
-  model = Transformer(depth=2, heads=4, kv_heads=2, pos=pos, qk_norm=qk_norm, adaln=adaln, max_len=32,
-                      mlp="gelu_tanh" if adaln else "swiglu", norm="layer" if adaln else "rms", impl="xla")
+  model = Transformer(TransformerConfig(width=32, depth=2, heads=4, kv_heads=2, pos=pos, qk_norm=qk_norm,
+                                        adaln=adaln, max_len=32, mlp="gelu_tanh" if adaln else "swiglu",
+                                        norm="layer" if adaln else "rms", impl="xla"))
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 14, 32))
   cond = jax.random.normal(jax.random.PRNGKey(2), (2, 32)) if adaln else None
   positions = rope.grid_positions(4, 4)[:14] if pos == "rope2d" else None
@@ -88,12 +90,12 @@ def test_cached_decoding_matches_full_forward(pos, adaln, spec, qk_norm):
   # feed in chunks that respect the block structure (1 + 4 + 9 for block-causal) or one by one
   chunks = [(0, 1), (1, 5), (5, 14)] if isinstance(spec, masks.BlockCausal) else [(0, 3)] + [
       (i, i + 1) for i in range(3, 14)]
-  cache = cache_lib.init(2, 2, 16, 2, 8)
+  cache = model.init_cache(2, 16)
   outs = []
   apply = jax.jit(model.apply, static_argnums=2)
   for a, b in chunks:
     h, cache = apply(params, x[:, a:b], spec, positions=None if positions is None else positions[a:b],
                            cond_BC=cond, cache=cache)
     outs.append(h)
-  assert int(cache.index) == 14
+  np.testing.assert_array_equal(cache.end_B, [14, 14])
   np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5, rtol=0)
