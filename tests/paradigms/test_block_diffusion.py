@@ -18,9 +18,9 @@ TOKENIZER = types.SimpleNamespace(grid=(4, 4), latent_dim=3)
 N = 16
 
 
-def make(block, pos="rope2d", with_params=True):
+def make(block, pos="rope2d", with_params=True, cond="class"):
   cfg = ml_collections.ConfigDict(dict(
-      name="block_diffusion", num_classes=3, width=32, label_drop=0.1, block_size=block,
+      name="block_diffusion", num_classes=3, cond=cond, width=32, label_drop=0.1, block_size=block,
       flow=dict(steps=3, steps_end=0, solver="euler", sde_scale=1.0),
       transformer=dict(depth=2, heads=2, kv_heads=1, pos=pos, qk_norm=True, impl="xla")))
   model = BlockDiffusion(cfg, TOKENIZER, None)
@@ -96,11 +96,11 @@ def test_adaln_modulates_only_the_noised_tokens():
     assert np.abs(other[:, N:] - base[:, N:]).min() > 1e-6  # every noised token is conditioned
 
 
-def sample_by_recompute(model, params, label_B, rng, cfg_scale, solver, temperature=1.0):
+def sample_by_recompute(model, params, cond, rng, cfg_scale, solver, temperature=1.0):
   """The block sampler with the full [clean ; noised] sequence recomputed at every solver step."""
-  b, size, n_blocks = label_B.shape[0], model.layout.sizes[0], model.layout.num_units
+  b, size, n_blocks = model.conditioner.batch_size(cond), model.layout.sizes[0], model.layout.num_units
   use_cfg = cfg_scale != 1.0
-  cond = {"label": jnp.concatenate([label_B, jnp.full_like(label_B, 3)]) if use_cfg else label_B}
+  cond = model.conditioner.double(cond) if use_cfg else cond  # [cond ; null]
   clean = jnp.zeros((b, N, 3))
   for k in range(n_blocks):
     scale = 1 + (cfg_scale - 1) * k / max(n_blocks - 1, 1)
@@ -124,15 +124,20 @@ def sample_by_recompute(model, params, label_B, rng, cfg_scale, solver, temperat
   return clean.reshape(b, 4, 4, 3)
 
 
-@pytest.mark.parametrize("block,cfg_scale,solver,pos", [(4, 1.0, "euler", "rope2d"), (2, 2.5, "heun", "rope2d"),
-                                                        (8, 1.0, "euler_maruyama", "learned")])
-def test_cached_sampler_equals_recompute(block, cfg_scale, solver, pos):
-  model, params = make(block, pos)
-  label = jnp.array([0, 2])
+@pytest.mark.parametrize("block,cfg_scale,solver,pos,cond", [(4, 1.0, "euler", "rope2d", "class"),
+                                                             (2, 2.5, "heun", "rope2d", "class"),
+                                                             (4, 2.0, "euler", "rope1d", "caption"),
+                                                             (8, 1.0, "euler_maruyama", "learned", "class")])
+def test_cached_sampler_equals_recompute(block, cfg_scale, solver, pos, cond):
+  model, params = make(block, pos, cond=cond)
+  if cond == "class":
+    c = {"label": jnp.array([0, 2])}
+  else:
+    c = {"caption": jnp.zeros((2, 64), jnp.uint8).at[0, :3].set(jnp.array([97, 98, 99], jnp.uint8)).at[1, :1].set(65)}
   rng = jax.random.PRNGKey(3)
   opts = loop.options(dict(cfg_scale=cfg_scale, cfg_schedule="linear", solver=solver), latent.FLOW_OPTIONS)
-  got = jax.jit(lambda p: model.sample_latents(p, {"label": label}, rng, opts))(params)
-  want = jax.jit(lambda p: sample_by_recompute(model, p, label, rng, cfg_scale, solver))(params)
+  got = jax.jit(lambda p: model.sample_latents(p, c, rng, opts))(params)
+  want = jax.jit(lambda p: sample_by_recompute(model, p, c, rng, cfg_scale, solver))(params)
   assert np.abs(np.asarray(want)).max() > 0.1
   np.testing.assert_allclose(got, want, atol=1e-5)
 
