@@ -7,10 +7,6 @@ prediction (velocity / noise) with guidance.combine.
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
-
-from arjax.sampling import guidance
-
 HEAD_KEYS = ("kind", "width", "depth", "steps", "steps_end", "solver", "sde_scale", "batch_mul", "train_steps",
              "clip_x0")
 
@@ -26,14 +22,6 @@ def build(token_dim: int, cfg):
     from arjax.heads.diffusion import DiffusionHead
     return DiffusionHead(token_dim, cfg)
   raise ValueError(f"model.head.kind must be 'flow' or 'diffusion', got {cfg.kind!r}")
-
-
-def guided(fn, scale):
-  """fn(x, *args) -> prediction, guided: x [N, ...] is run as [x ; x] over a guided pass's [cond ; uncond] rows
-  and the two halves combined (guidance.combine); scale None: fn itself."""
-  if scale is None:
-    return fn
-  return lambda x, *args: guidance.combine(fn(jnp.concatenate([x, x]), *args), scale)
 
 
 def rows(z_ND, guide_scale) -> int:

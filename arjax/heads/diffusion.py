@@ -16,6 +16,7 @@ import numpy as np
 
 from arjax import heads
 from arjax.heads.mlp import AdaLNMlp
+from arjax.sampling import guidance
 
 
 def cosine_alpha_bar(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
@@ -69,7 +70,7 @@ class DiffusionHead:
     # timestep kept at respaced index i (0 = least noisy)
     tau = lambda i: jnp.round(i * (big_t - 1) / jnp.maximum(steps - 1, 1)).astype(jnp.int32)
 
-    eps_fn = heads.guided(lambda x, t: self.eps(params, x, jnp.full((x.shape[0],), t), z_ND), guide_scale)
+    eps_fn = guidance.guided(lambda x, t: self.eps(params, x, jnp.full((x.shape[0],), t), z_ND), guide_scale)
 
     def body(j, carry):
       x, key = carry

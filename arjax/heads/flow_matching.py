@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from arjax import heads
 from arjax.heads.mlp import AdaLNMlp
+from arjax.sampling import guidance
 from arjax.sampling import ode
 
 TIME_SCALE = 1000.0  # t in [0, 1] is embedded as t * 1000, like a discrete diffusion step
@@ -51,7 +52,7 @@ class FlowMatchingHead:
   def sample(self, params, z_ND, rng, *, guide_scale=None, steps=None, temperature=1.0, solver=None):
     """Tokens [N, C] by the ODE solver from temperature-scaled noise; guide_scale: see arjax.heads."""
     k0, k1 = jax.random.split(rng)
-    v_fn = heads.guided(lambda x, t: self.velocity(params, x, jnp.full((x.shape[0],), t), z_ND), guide_scale)
+    v_fn = guidance.guided(lambda x, t: self.velocity(params, x, jnp.full((x.shape[0],), t), z_ND), guide_scale)
     x0 = temperature * jax.random.normal(k0, (heads.rows(z_ND, guide_scale), self.token_dim))
     return ode.integrate(v_fn, x0, self.cfg.steps if steps is None else steps, solver=solver or self.cfg.solver,
                          rng=k1, sde_scale=self.cfg.get("sde_scale", 1.0))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def _angles(pos_BL, dim: int, base: float):
@@ -30,5 +31,5 @@ def apply_rope(x_BLHD, angles_BLK):
 
 def grid_positions(h: int, w: int):
   """Raster-order (row, col) positions [h*w, 2]."""
-  r, c = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij")
-  return jnp.stack([r.reshape(-1), c.reshape(-1)], axis=-1)
+  r, c = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")  # static: numpy, usable under jit
+  return np.stack([r.reshape(-1), c.reshape(-1)], axis=-1).astype(np.int32)

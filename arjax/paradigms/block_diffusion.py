@@ -24,12 +24,12 @@ import numpy as np
 
 from arjax import conditioning
 from arjax import config as config_lib
-from arjax import heads
 from arjax import layout as layout_lib
 from arjax import masks
 from arjax.nn import layers
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.paradigms import latent
+from arjax.sampling import guidance
 from arjax.sampling import loop
 from arjax.sampling import ode
 from arjax.sampling import schedules
@@ -121,7 +121,7 @@ def sample_entities(net: BlockNet, layout: layout_lib.Layout, positions, conditi
   def sample(params, v_fn, scale, unit, rng):
     k0, k1 = jax.random.split(rng)
     x0 = opts["temperature"] * jax.random.normal(k0, (b, unit.size, net.token_dim))
-    return ode.integrate(heads.guided(v_fn, scale), x0, schedules.annealed_steps(steps, steps_end, unit.progress),
+    return ode.integrate(guidance.guided(v_fn, scale), x0, schedules.annealed_steps(steps, steps_end, unit.progress),
                          solver=solver, rng=k1, sde_scale=flow.get("sde_scale", 1.0))
 
   def commit(state, x_BSC, unit):

@@ -33,6 +33,14 @@ def combine(y_2B, scale):
   return uncond + jnp.asarray(scale, y_2B.dtype) * (cond - uncond)
 
 
+def guided(fn, scale):
+  """fn(x, *args) over a guided pass's [cond ; uncond] rows, as a function of x [N, ...]: runs [x ; x] and combines
+  the two halves (scale None: fn itself). For heads and denoisers that guide at every solver step."""
+  if scale is None:
+    return fn
+  return lambda x, *args: combine(fn(jnp.concatenate([x, x]), *args), scale)
+
+
 @dataclasses.dataclass(frozen=True)
 class Guidance:
   """CFG settings of one sampling call (hashable: a static argument of a jitted sampler)."""

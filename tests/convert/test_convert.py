@@ -1,7 +1,6 @@
 """Converters: synthetic state_dicts with the official key names and shapes (tiny VAR / LlamaGen) go
 into exactly the arjax param trees, with the right layouts; missing / mis-shaped / unknown keys are
 clear errors; files load with torch.load(weights_only=True) and round-trip through the orbax layout."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections

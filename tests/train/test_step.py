@@ -1,7 +1,6 @@
 """The pure train step: gradient accumulation equals the full-batch gradient; EMA and bf16 compute."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
