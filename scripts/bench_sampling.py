@@ -1,14 +1,20 @@
 """Times class-conditional sampling of VAR-d16 (random weights, 256px, CFG on) in arjax and counts
 forward passes against next-token LlamaGen-B. With --official PATH (a local checkout of the official
-VAR repository; never vendored here) it also times the official PyTorch sampler on the same batch.
+VAR repository; never vendored here) it also times the official PyTorch sampler on the same batch. With
+--compare REV it also times the same sampler in a git worktree of revision REV (e.g. the commit before a
+refactor), each in its own process, alternating A/B/A/B, and prints the ratio.
 
-  JAX_PLATFORMS=cpu python scripts/bench_sampling.py --batch 2 [--official /path/to/VAR] [--repeats 2]
+  JAX_PLATFORMS=cpu python scripts/bench_sampling.py --batch 2 [--official /path/to/VAR] [--repeats 2] \
+      [--compare REV]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import flax.linen as nn
@@ -40,6 +46,44 @@ def time_call(fn, repeats: int):
     jax.block_until_ready(fn())
     best = min(best, time.perf_counter() - t)
   return first, best
+
+
+# Run in a subprocess with a checkout's root first on sys.path: prints {"best": s, "first": s} for VAR-d16.
+_CHILD = """
+import json, os, sys
+root, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sys.path.insert(0, root)
+sys.path.insert(0, os.path.join(root, "scripts"))
+import jax, jax.numpy as jnp
+import bench_sampling as b
+cfg, model, params = b.build(os.path.join(root, "configs/imagenet256/var_d16.py"))
+labels = jnp.arange(batch, dtype=jnp.int32) % model.num_classes
+cond = {"label": labels} if os.path.exists(os.path.join(root, "arjax/conditioning.py")) else labels  # v1 API
+first, best = b.time_call(lambda: model.sample(params, cond, jax.random.PRNGKey(0), **dict(cfg.sample)), repeats)
+print(json.dumps(dict(first=first, best=best)))
+"""
+
+
+def checkout_seconds(root: str, batch: int, repeats: int) -> dict:
+  """VAR-d16 sampling times of the arjax checkout at `root`, in a fresh process."""
+  out = subprocess.run([sys.executable, "-c", _CHILD, root, str(batch), str(repeats)], capture_output=True,
+                       text=True, check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(rev: str, batch: int, repeats: int, rounds: int = 2):
+  """Best VAR-d16 sampling seconds of this checkout and of a worktree at `rev`, alternating processes."""
+  with tempfile.TemporaryDirectory() as tmp:
+    other = os.path.join(tmp, "rev")
+    subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", other, rev], check=True, capture_output=True)
+    try:
+      now, then = [], []
+      for _ in range(rounds):
+        now.append(checkout_seconds(ROOT, batch, repeats)["best"])
+        then.append(checkout_seconds(other, batch, repeats)["best"])
+    finally:
+      subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", other], check=True, capture_output=True)
+  return min(now), min(then)
 
 
 def official_var_seconds(path: str, batch: int, repeats: int, cfg: float, top_k: int, top_p: float):
@@ -74,7 +118,13 @@ def main():
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--repeats", type=int, default=2)
   p.add_argument("--official", default="", help="local checkout of the official VAR repository")
+  p.add_argument("--compare", default="", help="git revision to time side by side (e.g. the commit before a change)")
   a = p.parse_args()
+  if a.compare:
+    now, then = compare(a.compare, a.batch, a.repeats)
+    print(f"VAR-d16 sampling, batch {a.batch}, best of {a.repeats} x 2 processes each: this checkout {now:.2f} s, "
+          f"{a.compare} {then:.2f} s; ratio now / then = {now / then:.2f}")
+    return
   cfg, model, params = build(os.path.join(ROOT, "configs/imagenet256/var_d16.py"))
   labels = jnp.arange(a.batch, dtype=jnp.int32) % model.num_classes
   opts = dict(cfg.sample)
