@@ -1,40 +1,71 @@
-"""Conv encoder/decoder building blocks shared by the image tokenizers (VQ, VAE, multi-scale VQ).
+"""The conv encoder/decoder stack of every image tokenizer (VQ, VAE, multi-scale VQ), LDM/taming layout.
 
-GroupNorm + SiLU pre-activation ResBlocks, stride-2 conv downsampling, nearest x2 + conv upsampling.
-Resolution changes once between consecutive `ch_mult` levels, so the spatial factor is
-2 ** (len(ch_mult) - 1). Modules compute in the dtype of their inputs/params (no fixed dtype).
+GroupNorm + SiLU pre-activation ResBlocks, optional single-head AttnBlocks at the lowest resolution and in
+the middle, stride-2 conv downsampling, nearest x2 + conv upsampling. Resolution changes once between
+consecutive `ch_mult` levels, so the spatial factor is 2 ** (len(ch_mult) - 1). `ConvConfig` picks the
+variant: its defaults are the LDM one (VAR, LlamaGen; the converters' parameter names), `ConvConfig.compact`
+the small attention-free one of the VQ / VAE tokenizers. Modules compute in the dtype of their inputs/params.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+HIGHEST = jax.lax.Precision.HIGHEST
 
-def conv(features: int, kernel: int = 3, stride: int = 1, padding=None, name=None):
+
+@dataclasses.dataclass(frozen=True)
+class ConvConfig:
+  """Encoder/decoder layout: level widths ch * ch_mult[i], num_res_blocks ResBlocks per encoder level."""
+  ch: int
+  ch_mult: tuple[int, ...]
+  num_res_blocks: int
+  groups: int = 32              # GroupNorm groups; must divide every width
+  attn: bool = True             # an AttnBlock after each ResBlock of the lowest-resolution level
+  mid_attn: bool = True         # an AttnBlock after the first mid ResBlock
+  mid_blocks: int = 2           # mid ResBlocks (1 or 2)
+  extra_up_block: bool = True   # decoder levels hold num_res_blocks + 1 ResBlocks
+  upsample_to_next: bool = False  # the decoder's upsample conv outputs the next level's width (else its own)
+  exact: bool = False           # HIGHEST-precision convs / attention and two-pass GroupNorm variance
+
+  def __post_init__(self):
+    object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+    if not self.ch_mult:
+      raise ValueError("ch_mult must name at least one level")
+    if self.mid_blocks not in (1, 2):
+      raise ValueError(f"mid_blocks must be 1 or 2, got {self.mid_blocks}")
+    for m in self.ch_mult:
+      group_norm(self.groups, self.ch * m)
+
+  @classmethod
+  def compact(cls, ch: int, ch_mult, num_res_blocks: int, groups: int) -> ConvConfig:
+    """The VQ / VAE stack: no attention, one mid block, upsampling straight to the next level's width."""
+    return cls(int(ch), ch_mult, int(num_res_blocks), int(groups), attn=False, mid_attn=False, mid_blocks=1,
+               extra_up_block=False, upsample_to_next=True)
+
+  def width(self, level: int) -> int:
+    return self.ch * self.ch_mult[level]
+
+
+def conv(features: int, kernel: int = 3, stride: int = 1, padding=None, exact: bool = False, name=None):
   """A square conv with 'same'-style padding unless `padding` is given."""
   pad = ((kernel // 2, kernel // 2),) * 2 if padding is None else padding
-  return nn.Conv(features, (kernel, kernel), strides=stride, padding=pad, name=name)
+  return nn.Conv(features, (kernel, kernel), strides=stride, padding=pad, precision=HIGHEST if exact else None,
+                 name=name)
 
 
-def group_norm(groups: int, channels: int, name=None):
+def group_norm(groups: int, channels: int, exact: bool = False, name=None):
   """GroupNorm(eps 1e-6); raises if `channels` is not a multiple of `groups`."""
   if channels % groups:
     raise ValueError(f"norm_groups={groups} must divide every conv width; got a width of {channels}")
-  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, name=name)
+  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, use_fast_variance=not exact, name=name)
 
 
-def check_widths(ch: int, ch_mult: Sequence[int], groups: int):
-  """Raises ValueError early (at construction) if some level width is not a multiple of `groups`."""
-  if not ch_mult:
-    raise ValueError("ch_mult must name at least one level")
-  for m in ch_mult:
-    group_norm(groups, ch * m)
-
-
-def autoencoder_config(cfg, defaults: dict, rec_losses) -> tuple[dict, int, tuple]:
-  """Validated conv-autoencoder settings: (cfg merged over defaults, image_size, latent grid (h, w))."""
+def autoencoder_config(cfg, defaults: dict, rec_losses) -> tuple[dict, int, tuple, ConvConfig]:
+  """Validated conv-autoencoder settings: (cfg merged over defaults, image_size, latent grid, compact stack)."""
   from arjax import config as config_lib
   config_lib.check_keys(cfg, defaults.keys(), "model")
   c = dict(defaults, **(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)))
@@ -44,86 +75,93 @@ def autoencoder_config(cfg, defaults: dict, rec_losses) -> tuple[dict, int, tupl
   if c["image_size"] % factor:
     raise ValueError(f"model.image_size={c['image_size']} must be a multiple of the downsampling factor "
                      f"2**(len(ch_mult)-1)={factor}")
-  check_widths(c["ch"], c["ch_mult"], c["norm_groups"])
+  stack = ConvConfig.compact(c["ch"], c["ch_mult"], c["num_res_blocks"], c["norm_groups"])
   image_size = int(c["image_size"])
-  return c, image_size, (image_size // factor,) * 2
+  return c, image_size, (image_size // factor,) * 2, stack
 
 
 class ResBlock(nn.Module):
   """x + conv(SiLU(GN(conv(SiLU(GN(x)))))), with a 1x1 shortcut when the width changes."""
   out: int
-  groups: int = 8
+  groups: int
+  exact: bool = False
 
   @nn.compact
   def __call__(self, x_BHWC):
-    h = conv(self.out, name="conv1")(nn.silu(group_norm(self.groups, x_BHWC.shape[-1], "norm1")(x_BHWC)))
-    h = conv(self.out, name="conv2")(nn.silu(group_norm(self.groups, self.out, "norm2")(h)))
+    e = self.exact
+    h = conv(self.out, exact=e, name="conv1")(nn.silu(group_norm(self.groups, x_BHWC.shape[-1], e, "norm1")(x_BHWC)))
+    h = conv(self.out, exact=e, name="conv2")(nn.silu(group_norm(self.groups, self.out, e, "norm2")(h)))
     if x_BHWC.shape[-1] != self.out:
-      x_BHWC = conv(self.out, 1, name="shortcut")(x_BHWC)
+      x_BHWC = conv(self.out, 1, exact=e, name="nin_shortcut")(x_BHWC)
     return x_BHWC + h
 
 
-class Downsample(nn.Module):
-  """Stride-2 3x3 conv with (0, 1) padding: [B, H, W, C] -> [B, H/2, W/2, out or C]."""
-  out: int | None = None
+class AttnBlock(nn.Module):
+  """x + proj_out(single-head spatial self-attention over GN(x)), 1x1-conv q, k, v."""
+  groups: int
+  exact: bool = False
 
   @nn.compact
   def __call__(self, x_BHWC):
-    return conv(self.out or x_BHWC.shape[-1], 3, 2, ((0, 1), (0, 1)), name="conv")(x_BHWC)
+    b, hh, ww, c = x_BHWC.shape
+    e, p = self.exact, HIGHEST if self.exact else None
+    h = group_norm(self.groups, c, e, "norm")(x_BHWC)
+    q_BNC, k_BNC, v_BNC = (conv(c, 1, exact=e, name=n)(h).reshape(b, hh * ww, c) for n in ("q", "k", "v"))
+    w_BNN = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q_BNC, k_BNC, precision=p) * c ** -0.5, axis=-1)
+    h = jnp.einsum("bij,bjc->bic", w_BNN, v_BNC, precision=p).reshape(b, hh, ww, c)
+    return x_BHWC + conv(c, 1, exact=e, name="proj_out")(h)
 
 
-class Upsample(nn.Module):
-  """Nearest-neighbour x2 then a 3x3 conv: [B, H, W, C] -> [B, 2H, 2W, out or C]."""
-  out: int | None = None
-
-  @nn.compact
-  def __call__(self, x_BHWC):
-    x = jnp.repeat(jnp.repeat(x_BHWC, 2, axis=1), 2, axis=2)
-    return conv(self.out or x_BHWC.shape[-1], name="conv")(x)
+def _mid(cfg: ConvConfig, h):
+  """mid_block_1, [mid_attn_1], [mid_block_2] at the lowest resolution (called inside a compact module)."""
+  h = ResBlock(h.shape[-1], cfg.groups, cfg.exact, name="mid_block_1")(h)
+  if cfg.mid_attn:
+    h = AttnBlock(cfg.groups, cfg.exact, name="mid_attn_1")(h)
+  if cfg.mid_blocks == 2:
+    h = ResBlock(h.shape[-1], cfg.groups, cfg.exact, name="mid_block_2")(h)
+  return h
 
 
 class Encoder(nn.Module):
   """Image [B, H, W, 3] -> features [B, H/f, W/f, out_channels], f = 2 ** (len(ch_mult) - 1)."""
-  ch: int
-  ch_mult: Sequence[int]
-  num_res_blocks: int
+  cfg: ConvConfig
   out_channels: int
-  groups: int = 8
 
   @nn.compact
   def __call__(self, x_BHWC):
-    h = conv(self.ch, name="conv_in")(x_BHWC)
-    last = len(self.ch_mult) - 1
-    for i, mult in enumerate(self.ch_mult):
-      for j in range(self.num_res_blocks):
-        h = ResBlock(self.ch * mult, self.groups, name=f"down{i}_block{j}")(h)
+    cfg, e = self.cfg, self.cfg.exact
+    last = len(cfg.ch_mult) - 1
+    h = conv(cfg.ch, exact=e, name="conv_in")(x_BHWC)
+    for i in range(last + 1):
+      for j in range(cfg.num_res_blocks):
+        h = ResBlock(cfg.width(i), cfg.groups, e, name=f"down_{i}_block_{j}")(h)
+        if i == last and cfg.attn:
+          h = AttnBlock(cfg.groups, e, name=f"down_{i}_attn_{j}")(h)
       if i != last:
-        h = Downsample(name=f"down{i}_downsample")(h)
-    h = ResBlock(h.shape[-1], self.groups, name="mid_block")(h)
-    h = nn.silu(group_norm(self.groups, h.shape[-1], "norm_out")(h))
-    return conv(self.out_channels, name="conv_out")(h)
+        h = conv(h.shape[-1], 3, 2, ((0, 1), (0, 1)), e, name=f"down_{i}_downsample")(h)
+    h = _mid(cfg, h)
+    h = nn.silu(group_norm(cfg.groups, h.shape[-1], e, "norm_out")(h))
+    return conv(self.out_channels, exact=e, name="conv_out")(h)
 
 
 class Decoder(nn.Module):
-  """Features [B, h, w, C] -> image [B, h*f, w*f, out_channels], mirroring Encoder.
-
-  Each Upsample already outputs the next (larger) level's width, so no full-resolution conv runs
-  at the wider width (the costly op on CPU).
-  """
-  ch: int
-  ch_mult: Sequence[int]
-  num_res_blocks: int
+  """Features [B, h, w, C] -> image [B, h*f, w*f, out_channels], mirroring Encoder."""
+  cfg: ConvConfig
   out_channels: int = 3
-  groups: int = 8
 
   @nn.compact
   def __call__(self, z_BhwC):
-    h = conv(self.ch * self.ch_mult[-1], name="conv_in")(z_BhwC)
-    h = ResBlock(h.shape[-1], self.groups, name="mid_block")(h)
-    for i in reversed(range(len(self.ch_mult))):
-      for j in range(self.num_res_blocks):
-        h = ResBlock(self.ch * self.ch_mult[i], self.groups, name=f"up{i}_block{j}")(h)
+    cfg, e = self.cfg, self.cfg.exact
+    last = len(cfg.ch_mult) - 1
+    h = conv(cfg.width(last), exact=e, name="conv_in")(z_BhwC)
+    h = _mid(cfg, h)
+    for i in reversed(range(last + 1)):
+      for j in range(cfg.num_res_blocks + cfg.extra_up_block):
+        h = ResBlock(cfg.width(i), cfg.groups, e, name=f"up_{i}_block_{j}")(h)
+        if i == last and cfg.attn:
+          h = AttnBlock(cfg.groups, e, name=f"up_{i}_attn_{j}")(h)
       if i != 0:
-        h = Upsample(self.ch * self.ch_mult[i - 1], name=f"up{i}_upsample")(h)
-    h = nn.silu(group_norm(self.groups, h.shape[-1], "norm_out")(h))
-    return conv(self.out_channels, name="conv_out")(h)
+        h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
+        h = conv(cfg.width(i - 1) if cfg.upsample_to_next else h.shape[-1], exact=e, name=f"up_{i}_upsample")(h)
+    h = nn.silu(group_norm(cfg.groups, h.shape[-1], e, "norm_out")(h))
+    return conv(self.out_channels, exact=e, name="conv_out")(h)

@@ -4,13 +4,12 @@ Per scale k (small to large): area-downsample the residual to pn_k x pn_k, take 
 bicubic-upsample it back to h x w, refine it with a phi conv blended with ratio r
 (phi(z) = (1 - r) z + r conv(z)) and subtract it from the residual; f_hat is the running sum.
 phi convs are partially shared: K_phi convs at ticks in [0, 1], scale k uses the one nearest k/(K-1).
-The conv encoder/decoder is the LDM/taming one (GroupNorm, ResBlocks, attention at the lowest
-resolution). With one scale, no phi (quant_resi=0) and l2 codes it is LlamaGen's VQ, and then it
-speaks the plain VQ interface (tokens [B, h, w]); with several scales tokens are a list of [B, pn, pn].
+The conv encoder/decoder is arjax.nn.conv's stack in its LDM/taming layout (GroupNorm, ResBlocks,
+attention at the lowest resolution), computed exactly (HIGHEST precision, two-pass GroupNorm variance) as
+the converted weights expect. With one scale, no phi (quant_resi=0) and l2 codes it is LlamaGen's VQ, and
+then it speaks the plain VQ interface (tokens [B, h, w]); with several scales tokens are a list of [B, pn, pn].
 """
 from __future__ import annotations
-
-from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -19,6 +18,7 @@ import numpy as np
 
 from arjax import config as config_lib
 from arjax.eval.metrics import psnr
+from arjax.nn import conv as conv_lib
 from arjax.nn.layers import l2_normalize
 from arjax.nn.resize import resize
 
@@ -35,102 +35,6 @@ def phi_index(si: int, num_scales: int, num_phi: int) -> int:
   return int(np.argmin(np.abs(ticks - si / max(num_scales - 1, 1))))
 
 
-# ---- the LDM/taming conv encoder and decoder
-
-def _conv(features, k=3, stride=1, padding=None, name=None):
-  pad = ((k // 2, k // 2),) * 2 if padding is None else padding
-  return nn.Conv(features, (k, k), strides=stride, padding=pad, name=name, precision=HIGHEST)
-
-
-def _gn(groups, name):
-  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, use_fast_variance=False, name=name)
-
-
-class ResBlock(nn.Module):
-  """GroupNorm-SiLU-conv twice, 1x1 shortcut when widths differ."""
-  out: int
-  groups: int = 32
-
-  @nn.compact
-  def __call__(self, x):
-    h = _conv(self.out, name="conv1")(nn.silu(_gn(self.groups, "norm1")(x)))
-    h = _conv(self.out, name="conv2")(nn.silu(_gn(self.groups, "norm2")(h)))
-    if x.shape[-1] != self.out:
-      x = _conv(self.out, 1, name="nin_shortcut")(x)
-    return x + h
-
-
-class AttnBlock(nn.Module):
-  """Single-head spatial self-attention with a residual."""
-  groups: int = 32
-
-  @nn.compact
-  def __call__(self, x):
-    b, hh, ww, c = x.shape
-    h = _gn(self.groups, "norm")(x)
-    q, k, v = (_conv(c, 1, name=n)(h).reshape(b, hh * ww, c) for n in ("q", "k", "v"))
-    w = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q, k, precision=HIGHEST) * c ** -0.5, axis=-1)
-    h = jnp.einsum("bij,bjc->bic", w, v, precision=HIGHEST).reshape(b, hh, ww, c)
-    return x + _conv(c, 1, name="proj_out")(h)
-
-
-class Encoder(nn.Module):
-  """Image [B, H, W, 3] -> features [B, H/2^(n-1), W/2^(n-1), z_channels]."""
-  ch: int
-  ch_mult: Sequence[int]
-  num_res_blocks: int
-  z_channels: int
-  attn: bool = True
-  mid_attn: bool = True
-  groups: int = 32
-
-  @nn.compact
-  def __call__(self, x):
-    h = _conv(self.ch, name="conv_in")(x)
-    last = len(self.ch_mult) - 1
-    for i, mult in enumerate(self.ch_mult):
-      for j in range(self.num_res_blocks):
-        h = ResBlock(self.ch * mult, self.groups, name=f"down_{i}_block_{j}")(h)
-        if i == last and self.attn:
-          h = AttnBlock(self.groups, name=f"down_{i}_attn_{j}")(h)
-      if i != last:
-        h = _conv(h.shape[-1], 3, 2, ((0, 1), (0, 1)), name=f"down_{i}_downsample")(h)
-    h = _mid(h, self.groups, self.mid_attn)
-    return _conv(self.z_channels, name="conv_out")(nn.silu(_gn(self.groups, "norm_out")(h)))
-
-
-def _mid(h, groups, attn):
-  h = ResBlock(h.shape[-1], groups, name="mid_block_1")(h)
-  if attn:
-    h = AttnBlock(groups, name="mid_attn_1")(h)
-  return ResBlock(h.shape[-1], groups, name="mid_block_2")(h)
-
-
-class Decoder(nn.Module):
-  """Features [B, h, w, z_channels] -> image [B, h*2^(n-1), w*2^(n-1), 3]."""
-  ch: int
-  ch_mult: Sequence[int]
-  num_res_blocks: int
-  attn: bool = True
-  mid_attn: bool = True
-  groups: int = 32
-
-  @nn.compact
-  def __call__(self, z):
-    last = len(self.ch_mult) - 1
-    h = _conv(self.ch * self.ch_mult[last], name="conv_in")(z)
-    h = _mid(h, self.groups, self.mid_attn)
-    for i in reversed(range(len(self.ch_mult))):
-      for j in range(self.num_res_blocks + 1):
-        h = ResBlock(self.ch * self.ch_mult[i], self.groups, name=f"up_{i}_block_{j}")(h)
-        if i == last and self.attn:
-          h = AttnBlock(self.groups, name=f"up_{i}_attn_{j}")(h)
-      if i != 0:
-        h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-        h = _conv(h.shape[-1], name=f"up_{i}_upsample")(h)
-    return _conv(3, name="conv_out")(nn.silu(_gn(self.groups, "norm_out")(h)))
-
-
 class MultiScaleVQNet(nn.Module):
   """Encoder, quant convs, codebook, phi convs and decoder; methods are the tokenizer's pieces."""
   cfg: dict
@@ -138,16 +42,17 @@ class MultiScaleVQNet(nn.Module):
   def setup(self):
     c = self.cfg
     ks = c["quant_conv_ks"]
-    self.encoder = Encoder(c["ch"], tuple(c["ch_mult"]), c["num_res_blocks"], c["z_channels"], c["attn"],
-                           c["mid_attn"], c["norm_groups"])
-    self.decoder = Decoder(c["ch"], tuple(c["ch_mult"]), c["num_res_blocks"], c["attn"], c["mid_attn"],
-                           c["norm_groups"])
-    self.quant_conv = _conv(c["code_dim"], ks)
-    self.post_quant_conv = _conv(c["z_channels"], ks)
+    stack = conv_lib.ConvConfig(c["ch"], c["ch_mult"], c["num_res_blocks"], groups=c["norm_groups"],
+                                attn=c["attn"], mid_attn=c["mid_attn"], exact=True)
+    self.encoder = conv_lib.Encoder(stack, c["z_channels"])
+    self.decoder = conv_lib.Decoder(stack)
+    self.quant_conv = conv_lib.conv(c["code_dim"], ks, exact=True)
+    self.post_quant_conv = conv_lib.conv(c["z_channels"], ks, exact=True)
     v = c["vocab_size"]
     init = lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -1.0 / v, 1.0 / v)
     self.embedding = self.param("embedding", init, (v, c["code_dim"]))
-    self.phi = [_conv(c["code_dim"], 3) for _ in range(c["share_quant_resi"] if c["quant_resi"] else 0)]
+    num_phi = c["share_quant_resi"] if c["quant_resi"] else 0
+    self.phi = [conv_lib.conv(c["code_dim"], 3, exact=True) for _ in range(num_phi)]
 
   def __call__(self, x):
     """Touches every parameter (used by init)."""

@@ -13,8 +13,6 @@ latent_std, so its gradient is zero and the optimizer leaves it alone.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,16 +33,12 @@ def kl_to_standard_normal(mean, logvar):
 
 class VAENet(nn.Module):
   """Encoder to (mean, logvar) and decoder; the methods are the tokenizer's pieces."""
-  ch: int
-  ch_mult: Sequence[int]
-  num_res_blocks: int
-  norm_groups: int
+  stack: conv_lib.ConvConfig
   latent_dim: int
 
   def setup(self):
-    self.encoder = conv_lib.Encoder(self.ch, self.ch_mult, self.num_res_blocks, 2 * self.latent_dim,
-                                    self.norm_groups)
-    self.decoder = conv_lib.Decoder(self.ch, self.ch_mult, self.num_res_blocks, 3, self.norm_groups)
+    self.encoder = conv_lib.Encoder(self.stack, 2 * self.latent_dim)
+    self.decoder = conv_lib.Decoder(self.stack)
     self.latent_std = self.param("latent_std", nn.initializers.ones, ())
 
   def __call__(self, x_BHWC, rng):
@@ -69,11 +63,10 @@ class VAETokenizer:
   vocab_size = None
 
   def __init__(self, cfg: ml_collections.ConfigDict):
-    c, self.image_size, self.grid = conv_lib.autoencoder_config(cfg, DEFAULTS, REC_LOSSES)
+    c, self.image_size, self.grid, stack = conv_lib.autoencoder_config(cfg, DEFAULTS, REC_LOSSES)
     self.cfg = c
     self.latent_dim = int(c["latent_dim"])
-    self.net = VAENet(int(c["ch"]), tuple(int(m) for m in c["ch_mult"]), int(c["num_res_blocks"]),
-                      int(c["norm_groups"]), self.latent_dim)
+    self.net = VAENet(stack, self.latent_dim)
 
   def _images(self, batch):
     x = batch["image"]

@@ -19,8 +19,6 @@ initialisation: all codes no random-init latent picks (usually most of them) are
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -73,19 +71,16 @@ def code_stats(idx, codebook_size: int):
 
 class VQNet(nn.Module):
   """Encoder + projections + codebook + decoder; the methods are the tokenizer's pieces."""
-  ch: int
-  ch_mult: Sequence[int]
-  num_res_blocks: int
-  norm_groups: int
+  stack: conv_lib.ConvConfig
   codebook_size: int
   code_dim: int
 
   def setup(self):
-    width = self.ch * self.ch_mult[-1]
-    self.encoder = conv_lib.Encoder(self.ch, self.ch_mult, self.num_res_blocks, width, self.norm_groups)
+    width = self.stack.width(-1)
+    self.encoder = conv_lib.Encoder(self.stack, width)
     self.quant_proj = conv_lib.conv(self.code_dim, 1)
     self.post_proj = conv_lib.conv(width, 1)
-    self.decoder = conv_lib.Decoder(self.ch, self.ch_mult, self.num_res_blocks, 3, self.norm_groups)
+    self.decoder = conv_lib.Decoder(self.stack)
     init = lambda key, shape: l2_normalize(jax.random.normal(key, shape))
     self.codebook = self.param("codebook", init, (self.codebook_size, self.code_dim))
 
@@ -112,11 +107,10 @@ class VQTokenizer:
   kind = "discrete"
 
   def __init__(self, cfg: ml_collections.ConfigDict):
-    c, self.image_size, self.grid = conv_lib.autoencoder_config(cfg, DEFAULTS, REC_LOSSES)
+    c, self.image_size, self.grid, stack = conv_lib.autoencoder_config(cfg, DEFAULTS, REC_LOSSES)
     self.cfg = c
     self.vocab_size = int(c["codebook_size"])
-    self.net = VQNet(int(c["ch"]), tuple(int(m) for m in c["ch_mult"]), int(c["num_res_blocks"]),
-                     int(c["norm_groups"]), self.vocab_size, int(c["code_dim"]))
+    self.net = VQNet(stack, self.vocab_size, int(c["code_dim"]))
 
   def _images(self, batch):
     x = batch["image"]

@@ -1,0 +1,119 @@
+"""The one conv encoder/decoder stack equals an explicit lax reference that states every width, in both of its
+layouts (the compact VQ / VAE one and the LDM one of the multi-scale VQ), and uses every parameter."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from arjax.nn import conv as conv_lib
+from arjax.tokenizers.vae import VAETokenizer
+from arjax.tokenizers.vq import VQTokenizer
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class Reference:
+  """The expected forward pass over a flat 'a/b/kernel' param dict; every read parameter is crossed off."""
+
+  def __init__(self, params, groups):
+    self.p, self.groups = dict(traverse_util.flatten_dict(params, sep="/")), groups
+
+  def take(self, name, shape):
+    w = self.p.pop(name)
+    assert w.shape == shape, (name, w.shape, shape)
+    return w
+
+  def conv(self, name, x, out, k=3, stride=1, pad=None):
+    w = self.take(f"{name}/kernel", (k, k, x.shape[-1], out))
+    pad = ((k // 2, k // 2),) * 2 if pad is None else pad
+    y = jax.lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=HIGHEST)
+    return y + self.take(f"{name}/bias", (out,))
+
+  def norm(self, name, x):
+    b, h, w, c = x.shape
+    x_g = x.reshape(b, h, w, self.groups, c // self.groups)
+    x_g = (x_g - x_g.mean((1, 2, 4), keepdims=True)) / jnp.sqrt(x_g.var((1, 2, 4), keepdims=True) + 1e-6)
+    return x_g.reshape(x.shape) * self.take(f"{name}/scale", (c,)) + self.take(f"{name}/bias", (c,))
+
+  def res(self, name, x, out):
+    h = self.conv(f"{name}/conv1", jax.nn.silu(self.norm(f"{name}/norm1", x)), out)
+    h = self.conv(f"{name}/conv2", jax.nn.silu(self.norm(f"{name}/norm2", h)), out)
+    return (x if x.shape[-1] == out else self.conv(f"{name}/nin_shortcut", x, out, 1)) + h
+
+  def attn(self, name, x):
+    b, hh, ww, c = x.shape
+    h = self.norm(f"{name}/norm", x)
+    q, k, v = (self.conv(f"{name}/{n}", h, c, 1).reshape(b, hh * ww, c) for n in "qkv")
+    w = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q, k, precision=HIGHEST) / np.sqrt(c), axis=-1)
+    h = jnp.einsum("bij,bjc->bic", w, v, precision=HIGHEST).reshape(x.shape)
+    return x + self.conv(f"{name}/proj_out", h, c, 1)
+
+  def mid(self, h, cfg):
+    h = self.res("mid_block_1", h, h.shape[-1])
+    h = self.attn("mid_attn_1", h) if cfg.mid_attn else h
+    return self.res("mid_block_2", h, h.shape[-1]) if cfg.mid_blocks == 2 else h
+
+  def encoder(self, x, cfg, out):
+    last = len(cfg.ch_mult) - 1
+    h = self.conv("conv_in", x, cfg.ch)
+    for i, m in enumerate(cfg.ch_mult):
+      for j in range(cfg.num_res_blocks):
+        h = self.res(f"down_{i}_block_{j}", h, cfg.ch * m)
+        h = self.attn(f"down_{i}_attn_{j}", h) if cfg.attn and i == last else h
+      if i != last:
+        h = self.conv(f"down_{i}_downsample", h, cfg.ch * m, stride=2, pad=((0, 1), (0, 1)))
+    h = self.mid(h, cfg)
+    return self.conv("conv_out", jax.nn.silu(self.norm("norm_out", h)), out)
+
+  def decoder(self, z, cfg, blocks_per_level, upsample_width):
+    last = len(cfg.ch_mult) - 1
+    h = self.mid(self.conv("conv_in", z, cfg.ch * cfg.ch_mult[-1]), cfg)
+    for i in reversed(range(last + 1)):
+      for j in range(blocks_per_level):
+        h = self.res(f"up_{i}_block_{j}", h, cfg.ch * cfg.ch_mult[i])
+        h = self.attn(f"up_{i}_attn_{j}", h) if cfg.attn and i == last else h
+      if i != 0:
+        h = self.conv(f"up_{i}_upsample", jnp.repeat(jnp.repeat(h, 2, 1), 2, 2), upsample_width(i, h.shape[-1]))
+    return self.conv("conv_out", jax.nn.silu(self.norm("norm_out", h)), 3)
+
+
+# compact: what the VQ / VAE tokenizers had before the stacks were merged (num_res_blocks decoder blocks per level,
+# upsampling straight to the next level's width, one mid block, no attention); ldm: VAR / LlamaGen's
+LAYOUTS = {
+    "compact": (conv_lib.ConvConfig.compact(8, (2, 1, 4), 2, 4), 2, lambda i, c: 8 * (2, 1, 4)[i - 1]),
+    "ldm": (conv_lib.ConvConfig(8, (1, 2, 2), 1, groups=4, exact=True), 2, lambda i, c: c),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_stack_equals_explicit_reference(layout):
+  cfg, blocks_per_level, upsample_width = LAYOUTS[layout]
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  enc, dec = conv_lib.Encoder(cfg, 5), conv_lib.Decoder(cfg)
+  params = enc.init(jax.random.PRNGKey(1), x)["params"]
+  ref = Reference(params, cfg.groups)
+  np.testing.assert_allclose(enc.apply({"params": params}, x), ref.encoder(x, cfg, 5), atol=1e-4, rtol=1e-4)
+  assert not ref.p, sorted(ref.p)
+  z = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 5))
+  params = dec.init(jax.random.PRNGKey(3), z)["params"]
+  ref = Reference(params, cfg.groups)
+  np.testing.assert_allclose(dec.apply({"params": params}, z), ref.decoder(z, cfg, blocks_per_level, upsample_width),
+                             atol=1e-4, rtol=1e-4)
+  assert not ref.p, sorted(ref.p)
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="norm_groups=8 must divide"):
+    conv_lib.ConvConfig.compact(12, (1, 2), 1, 8)
+  with pytest.raises(ValueError, match="mid_blocks"):
+    conv_lib.ConvConfig(8, (1,), 1, groups=4, mid_blocks=3)
+  with pytest.raises(ValueError, match="ch_mult"):
+    conv_lib.ConvConfig(8, (), 1, groups=4)
+
+
+def test_tokenizers_use_the_compact_layout():
+  c = dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8)
+  assert VQTokenizer(dict(name="vq", **c)).net.stack == conv_lib.ConvConfig.compact(16, (1, 2, 2), 1, 8)
+  assert VAETokenizer(dict(name="vae", **c)).net.stack == conv_lib.ConvConfig.compact(16, (1, 2, 2), 1, 8)
