@@ -62,7 +62,8 @@ def _dispatch(impl, reason, mask, q, k, xla, pallas):
   if impl == "xla" or (impl == "auto" and (reason is not None or jax.default_backend() != "tpu")):
     return xla()
   if reason is not None:
-    raise ValueError(f"attention impl='pallas' cannot serve {mask} with q {q.shape}, k {k.shape}: {reason}")
+    name = type(mask).__name__ if is_runtime(mask) else mask  # a run-time mask's repr holds its arrays
+    raise ValueError(f"attention impl='pallas' cannot serve {name} with q {q.shape}, k {k.shape}: {reason}")
   return pallas()
 
 
@@ -75,7 +76,7 @@ def _supported(mask, q, k, kernel):
 def attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_offset: int = 0, sm_scale=None, impl="auto"):
   """No cache: query i has sequence index q_offset + i, key j index j. Pallas: the flash kernel."""
   if is_runtime(mask):
-    reason = f"{mask} is a run-time mask (no static block table): served by XLA only"
+    reason = "a run-time mask (no static block table) is served by XLA only"
   elif not isinstance(q_offset, int):
     reason = "flash_attention needs a static q_offset"
   else:
@@ -97,7 +98,7 @@ def cached_attention(q_BQHD, k_BSGD, v_BSGD, mask, q_idx_BQ, pos_BS, *, window=N
   `whole_unit` calls, where the queries are one whole AR unit seeing every cached key and each other
   (causal=False); a promise by the caller: XLA evaluates `mask` either way."""
   if is_runtime(mask):
-    reason = f"{mask} is a run-time mask: served by XLA only"
+    reason = "a run-time mask is served by XLA only"
   elif not (whole_unit or isinstance(mask, masks_lib.Causal)):
     reason = (f"cached decoding with {mask} is served by XLA only (decode_attention takes causal masks or "
               "whole_unit=True calls)")

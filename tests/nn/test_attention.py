@@ -30,6 +30,19 @@ def test_xla_attention_matches_dot_product_attention(spec, q_len, kv_len, q_offs
   assert np.all(np.asarray(out)[:, ~rows] == 0)  # fully masked rows are zeros, not NaN
 
 
+def test_runtime_ranked_mask_goes_to_xla():
+  """ranked (no static block table): impl='auto' serves it by XLA, per example, equal to its dense_batch."""
+  rank_BN = jnp.stack([jax.random.permutation(jax.random.PRNGKey(0), 6), jnp.arange(6)[::-1]])
+  spec = masks.ranked(rank_BN)
+  q = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 2, 8))
+  dense = spec.dense_batch()
+  ref = jax.nn.dot_product_attention(q, q, q, mask=jnp.asarray(dense)[:, None])
+  out = attn_lib.attention(q, q, q, spec)
+  rows = dense.any(-1)
+  np.testing.assert_allclose(np.asarray(out)[rows], np.asarray(ref)[rows], atol=1e-5)
+  assert attn_lib.is_runtime(spec | masks.causal()) and not attn_lib.is_runtime(masks.causal())
+
+
 def test_unknown_impl_and_unservable_pallas_raise():
   q = jnp.zeros((1, 4, 2, 8))
   with pytest.raises(ValueError, match="impl"):
