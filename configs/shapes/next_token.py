@@ -6,7 +6,10 @@ for CFG, KV-cached sampling with temperature / top-k / top-p / CFG.
   python -m arjax.main --config configs/shapes/next_token.py --workdir runs/nt \
       --config.tokenizer.workdir=runs/vq
   python -m arjax.main --config configs/shapes/next_token.py:smoke --workdir /tmp/nt
-Presets: (none) demo size; `smoke` tiny, a few steps, untrained tokenizer.
+  python -m arjax.main --config configs/shapes/next_token.py:caption --workdir runs/nt_caption \
+      --config.tokenizer.workdir=runs/vq
+Presets: (none) demo size; `smoke` tiny, a few steps, untrained tokenizer; `caption` conditions on the
+caption bytes (the Conditioner's caption encoder) and judges caption attributes; they combine (`smoke,caption`).
 """
 import os
 
@@ -18,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, smoke=False)
+  arg = parse_arg(arg, smoke=False, caption=False)
   c = base_config()
   c.tokenizer = ml_collections.ConfigDict(dict(config=os.path.join(HERE, "vq.py"), workdir="", ema=False))
   c.model = dict(name="next_token", num_classes=8, width=160, label_drop=0.1,
@@ -28,7 +31,11 @@ def get_config(arg=None):
   c.optim.update(lr=2e-3, warmup_steps=100, weight_decay=0.05, b2=0.95)
   c.train.update(steps=1000, log_every=50, ckpt_every=500, ema_decay=0.995)
   c.sample.update(temperature=1.0, top_k=50, top_p=1.0, cfg_scale=3.0, cfg_schedule="constant")
+  if arg.caption:  # text-conditional: the caption bytes instead of the class; judged on caption attributes
+    c.model.cond = "caption"
+    c.evals.judge = dict(type="judge", every=c.train.steps, num_samples=512, cond="caption")
   if arg.smoke:
+    c.evals = ml_collections.ConfigDict()
     c.tokenizer.config = os.path.join(HERE, "vq.py") + ":smoke"
     c.model.width = 32
     c.model.transformer.update(depth=2, heads=2, kv_heads=2)

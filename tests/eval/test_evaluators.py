@@ -49,13 +49,15 @@ class LookupJudge:
 
 class BankModel:
   """sample(): for each label (or caption) a real bank image with that label (caption); or uniform noise."""
+  preprocess = staticmethod(lambda batch: batch)
   num_classes = 8
 
   def __init__(self, bank, noise=False):
     self.bank, self.noise, self.outputs = bank, noise, []
 
   def sample(self, params, cond, rng, *, temperature=1.0):
-    cond, seed = np.asarray(cond), np.asarray(jax.random.randint(rng, (), 0, 2**31 - 1))
+    (key,) = cond  # a cond pytree: {'label': [B]} or {'caption': [B, Lc]}
+    cond, seed = np.asarray(cond[key]), np.asarray(jax.random.randint(rng, (), 0, 2**31 - 1))
     rs = np.random.default_rng(int(seed))
     if self.noise:
       images = rs.uniform(-1, 1, (len(cond), SIZE, SIZE, 3)).astype(np.float32)
