@@ -64,21 +64,30 @@ def _process(process_index, process_count):
 
 
 def make_dataset(data_cfg, *, split: str = "train", seed: int = 0, process_index=None, process_count=None):
-  """A grain IterDataset of full per-process batches; this process reads examples process_index::process_count.
+  """A grain IterDataset of this process's rows of each global batch (data_cfg.batch_size is global).
 
-  Iterators are checkpointable: iter(ds).get_state() is a JSON-able dict; set_state resumes exactly.
+  Every process walks the same shuffled example stream; global batch k is examples [k*B, (k+1)*B) and process p
+  of P reads rows [p*B/P, (p+1)*B/P) of it, so P processes assemble exactly the batch one process would read.
+  Iterators are checkpointable: iter(ds).get_state() is a JSON-able dict (the same on every process);
+  set_state resumes exactly.
   """
   process_index, process_count = _process(process_index, process_count)
-  ds = grain.MapDataset.source(make_source(data_cfg, split))[process_index::process_count]
-  if len(ds) < data_cfg.batch_size:
-    raise ValueError(f"config.data.batch_size={data_cfg.batch_size} exceeds the {len(ds)} examples of "
-                     f"{data_cfg.name!r} split {split!r} on process {process_index} of {process_count}")
+  batch_size = data_cfg.batch_size
+  if batch_size % process_count:
+    raise ValueError(f"config.data.batch_size={batch_size} (the global batch) is not divisible by the "
+                     f"{process_count} processes that read it")
+  ds = grain.MapDataset.source(make_source(data_cfg, split))
+  if len(ds) < batch_size:
+    raise ValueError(f"config.data.batch_size={batch_size} exceeds the {len(ds)} examples of "
+                     f"{data_cfg.name!r} split {split!r}")
   if data_cfg.shuffle:
     ds = ds.seed(seed).shuffle()  # reshuffled every epoch (the shuffle seed advances with the epoch)
   if data_cfg.repeat:
     ds = ds.repeat()
-  ds = ds.map(to_model_example).batch(data_cfg.batch_size, drop_remainder=True)
-  return ds.to_iter_dataset(READ_OPTIONS)
+  else:  # whole global batches only, so every process yields the same number of batches
+    ds = ds[:len(ds) // batch_size * batch_size]
+  ds = ds.map(to_model_example).batch(batch_size // process_count, drop_remainder=True)
+  return ds[process_index::process_count].to_iter_dataset(READ_OPTIONS)
 
 
 def iterate_eval(data_cfg, split: str, num_examples: int, process_index: int = 0, process_count: int = 1):

@@ -20,7 +20,8 @@ class Checkpointer:
     if not create and not os.path.isdir(self.directory):
       raise CheckpointError(f"checkpoint directory {self.directory} does not exist")
     self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create))
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create),
+        item_handlers=dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler()))
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -35,14 +36,19 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def restore(self, abstract_state=None, step=None, with_data: bool = True):
-    """(state, data_state) at `step` (default latest); abstract_state gives structure and shardings."""
+    """(state, data_state) at `step` (default latest); abstract_state gives structure and shardings (default:
+    every array whole on this process's first device, whatever mesh or process count saved it)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint found in {self.directory}")
-    args = dict(state=ocp.args.StandardRestore(abstract_state))
-    if with_data:
-      args["data"] = ocp.args.JsonRestore()
     try:
+      if abstract_state is None:
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract_state = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+                                      self.manager.item_metadata(step)["state"])
+      args = dict(state=ocp.args.StandardRestore(abstract_state))
+      if with_data:
+        args["data"] = ocp.args.JsonRestore()
       out = self.manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # orbax raises many types for truncated / foreign directories
       raise CheckpointError(

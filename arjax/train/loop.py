@@ -40,21 +40,26 @@ class _Sigterm:
 
 
 def init_state(model, config, mesh, example_batch, tx):
-  """Builds the sharded TrainState (params sharded by the logical-axis rules)."""
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
-  abstract = jax.eval_shape(model.init, init_rng, example_batch)
+  """Builds the sharded TrainState in one jit (params and the optimizer moments that mirror them sharded by the
+  logical-axis rules, scalars replicated), so every leaf is a global array on the mesh, also across processes."""
   rules = tuple(config.mesh.rules) if config.mesh.rules else sharding.DEFAULT_RULES
-  param_sh = sharding.param_shardings(abstract, mesh, rules)
-  unboxed_init = lambda r: nn.meta.unbox(model.init(r, example_batch))
-  params = jax.jit(unboxed_init, out_shardings=param_sh)(init_rng)
   rep = sharding.replicated(mesh)
-  # optimizer leaves that mirror params inherit their sharding; the rest (step counts) are replicated
-  opt_state = jax.tree.map(lambda x: x if len(x.sharding.device_set) == mesh.size else jax.device_put(x, rep),
-                           jax.jit(tx.init)(params))
-  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=params, opt_state=opt_state,
-                     ema_params=jax.tree.map(jnp.copy, params), rng=jax.device_put(state_rng, rep))
-  return state
+
+  def boxed_init():
+    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    return model.init(init_rng, example_batch), state_rng
+
+  def init():
+    boxed, state_rng = boxed_init()
+    params = nn.meta.unbox(boxed)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema_params=jax.tree.map(jnp.copy, params), rng=state_rng)
+
+  abstract = jax.eval_shape(boxed_init)[0]
+  param_sh = sharding.param_shardings(abstract, mesh, rules)
+  opt_sh = sharding.param_shardings(jax.eval_shape(tx.init, abstract), mesh, rules)  # boxes pass through optax
+  return jax.jit(init, out_shardings=TrainState(step=rep, params=param_sh, opt_state=opt_sh, ema_params=param_sh,
+                                                rng=rep))()
 
 
 def state_shardings(state):
@@ -77,8 +82,9 @@ def train(config, workdir: str, model, evaluators=()):
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.shape)
-  ds = pipeline.make_dataset(config.data, split="train", seed=config.seed,
-                             process_index=jax.process_index(), process_count=jax.process_count())
+  shard_index, shard_count = sharding.batch_shard(mesh)  # which rows of each global batch this process feeds
+  ds = pipeline.make_dataset(config.data, split="train", seed=config.seed, process_index=shard_index,
+                             process_count=shard_count)
   data_iter = iter(ds)
   preprocess = jax.jit(getattr(model, "preprocess", lambda b: b))
   first = preprocess(sharding.global_batch(next(iter(ds)), mesh))
@@ -88,6 +94,7 @@ def train(config, workdir: str, model, evaluators=()):
                             compute_dtype=compute_dtype, grad_accum=config.train.grad_accum)
   with mesh:
     state = init_state(model, config, mesh, first, tx)
+  sharding.barrier("arjax_train_init")
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
     restored, data_state = ckpt.restore(jax.tree.map(
@@ -98,12 +105,16 @@ def train(config, workdir: str, model, evaluators=()):
   shardings = state_shardings(state)
   train_step = jax.jit(step_fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
                        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  with mesh:
+    train_step = train_step.lower(state, first).compile()  # compiled here, so that the barrier covers it
+  sharding.barrier("arjax_train_compiled")
   maintain = getattr(model, "maintain", None)
   maintain = jax.jit(maintain, out_shardings=shardings.params) if maintain and config.train.maintain_every else None
   maintain_rng = jax.random.PRNGKey(config.seed + 1)
   writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
   start, total = int(state.step), config.train.steps
-  bar = tqdm(range(start, total), initial=start, total=total, disable=not config.train.progress,
+  bar = tqdm(range(start, total), initial=start, total=total,
+             disable=not config.train.progress or jax.process_index() != 0,
              desc=os.path.basename(os.path.normpath(workdir)), dynamic_ncols=True)
   t0, metrics = time.time(), {}
   with _Sigterm() as sigterm, mesh:
@@ -123,11 +134,12 @@ def train(config, workdir: str, model, evaluators=()):
         if ev.every and done % ev.every == 0:
           _log(writer, done, {f"{ev.name}/{k}": v for k, v in ev.run(state.ema_params, state.rng, done).items()},
                os.path.join(workdir, "metrics.jsonl"))
-      stop = sigterm.received or done == config.train.stop_at_step
+      signalled = sharding.any_process(sigterm.received)  # every process saves and stops at the same step
+      stop = signalled or done == config.train.stop_at_step
       if done % config.train.ckpt_every == 0 or done == total or stop:
         ckpt.save(done, state.as_dict(), data_iter.get_state(), force=stop)
       if stop:
-        print(f"{'SIGTERM' if sigterm.received else 'stop_at_step'}: saved step {done} to "
+        print(f"{'SIGTERM' if signalled else 'stop_at_step'}: saved step {done} to "
               f"{ckpt.directory}", flush=True)
         break
   ckpt.wait()
@@ -137,9 +149,13 @@ def train(config, workdir: str, model, evaluators=()):
 
 
 def write_samples(model, params, config, path, labels=None):
-  """Samples one image per label (default: cycling classes) and writes a PNG grid."""
+  """Samples one image per label (default: cycling classes) and writes a PNG grid (process 0 writes)."""
+  from jax.experimental import multihost_utils
   n = config.train.num_sample_images
   labels = jnp.arange(n) % model.num_classes if labels is None else labels
-  images = model.sample(params, labels, jax.random.PRNGKey(config.seed + 1), **config.sample)
-  grid.save_grid(np.asarray(images), path)
+  images = model.sample(params, {"label": labels}, jax.random.PRNGKey(config.seed + 1), **config.sample)
+  sharding.barrier(f"arjax_samples_{path}")
+  images = multihost_utils.process_allgather(images, tiled=True)  # the global array as numpy on every process
+  if jax.process_index() == 0:
+    grid.save_grid(images, path)
   return images

@@ -2,21 +2,15 @@
 the same samples, each generating a disjoint half of the sample indices."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from arjax.eval import distributed
+from conftest import free_port
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _spawn(process_id, num_processes, port, out):
@@ -37,7 +31,7 @@ def _wait(procs, timeout=150):
 
 
 def test_two_processes_match_one(tmp_path):
-  port = _free_port()
+  port = free_port()
   outs = [tmp_path / f"p{i}.json" for i in range(3)]
   procs = [_spawn(0, 2, port, outs[0]), _spawn(1, 2, port, outs[1]), _spawn(0, 1, 0, outs[2])]
   _wait(procs)
