@@ -34,7 +34,7 @@ from arjax.sampling import loop
 from arjax.sampling import ode
 from arjax.sampling import schedules
 
-KEYS = ("name", "num_classes", "cond", "width", "label_drop", "block_size", "flow", "transformer")
+KEYS = ("width", "block_size", "flow", "transformer")
 FLOW_KEYS = ("steps", "steps_end", "solver", "sde_scale")
 
 

@@ -5,25 +5,18 @@ A subclass calls LatentParadigm.__init__, defines sample_latents(params, cond, r
 """
 from __future__ import annotations
 
-from arjax import conditioning
-from arjax import config as config_lib
+from arjax.paradigms import base
 from arjax.sampling import loop
 
 # the sampling options of the flow-solved paradigms beyond guidance.DEFAULTS (None: the config's value)
 FLOW_OPTIONS = dict(steps=None, steps_end=None, solver=None)
 
 
-class LatentParadigm:
-  """The frozen tokenizer and its latent grid, the Conditioner; preprocess (VAE encode)."""
+class LatentParadigm(base.Paradigm):
+  """A paradigm over the latent grid of a continuous tokenizer; preprocess (VAE encode)."""
 
-  def __init__(self, cfg, tokenizer, tokenizer_params, keys=None):
-    if keys is not None:
-      config_lib.check_keys(cfg, keys, "model")
-    self.cfg = cfg
-    self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
-    self.conditioner = conditioning.Conditioner.make(cfg)
-    self.num_classes = self.conditioner.num_classes
-    self.grid = tuple(tokenizer.grid)
+  def __init__(self, cfg, tokenizer, tokenizer_params, keys):
+    super().__init__(cfg, tokenizer, tokenizer_params, keys)
     self.token_dim = tokenizer.latent_dim
     self.num_tokens = self.grid[0] * self.grid[1]
 

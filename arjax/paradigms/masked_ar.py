@@ -30,7 +30,7 @@ from arjax.paradigms import latent
 from arjax.sampling import loop
 from arjax.sampling import schedules
 
-KEYS = ("name", "num_classes", "cond", "width", "label_drop", "buffer", "num_iter", "encoder", "decoder", "head")
+KEYS = ("width", "buffer", "num_iter", "encoder", "decoder", "head")
 OPTIONS = dict(num_iter=None, **latent.FLOW_OPTIONS)  # sampling options beyond guidance.DEFAULTS
 MASK_MEAN, MASK_STD, MASK_MIN, MASK_MAX = 1.0, 0.25, 0.7, 1.0
 

@@ -13,28 +13,23 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from arjax import conditioning
-from arjax import config as config_lib
 from arjax import layout as layout_lib
 from arjax.nn import scale_net
+from arjax.paradigms import base
 from arjax.nn.transformer import TransformerConfig
 from arjax.sampling import guidance
 from arjax.sampling import logits as logits_lib
 from arjax.sampling import loop
 
-KEYS = ("name", "num_classes", "cond", "width", "label_drop", "transformer")
+KEYS = ("width", "transformer")  # beyond base.COND_KEYS
 SAMPLE_OPTIONS = dict(smooth=False)  # beyond guidance.DEFAULTS
 
 
-class NextScale:
+class NextScale(base.Paradigm):
   """The next-scale paradigm (an arjax.interfaces.Paradigm)."""
 
   def __init__(self, cfg, tokenizer, tokenizer_params):
-    config_lib.check_keys(cfg, KEYS, "model")
-    self.cfg = cfg
-    self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
-    self.conditioner = conditioning.Conditioner.make(cfg)
-    self.num_classes = self.conditioner.num_classes
+    super().__init__(cfg, tokenizer, tokenizer_params, KEYS)
     self.patch_nums = tuple(tokenizer.patch_nums)
     self.layout = layout_lib.scale_layout(self.patch_nums, tokenizer.grid)
     self.sizes, self.starts, self.num_tokens = self.layout.sizes, self.layout.starts, self.layout.length

@@ -14,14 +14,14 @@ import jax
 import jax.numpy as jnp
 
 from arjax import conditioning
-from arjax import config as config_lib
 from arjax import layout as layout_lib
 from arjax import masks
 from arjax.nn.transformer import Transformer, TransformerConfig
+from arjax.paradigms import base
 from arjax.sampling import logits as logits_lib
 from arjax.sampling import loop
 
-KEYS = ("name", "num_classes", "cond", "width", "label_drop", "transformer", "rope_convention")
+KEYS = ("width", "transformer", "rope_convention")  # beyond base.COND_KEYS
 
 
 class NextTokenNet(nn.Module):
@@ -51,16 +51,11 @@ class NextTokenNet(nn.Module):
     return jnp.where(first, self.cond(cond), self.embed(token_B))[:, None]
 
 
-class NextToken:
+class NextToken(base.Paradigm):
   """The next-token paradigm (an arjax.interfaces.Paradigm)."""
 
   def __init__(self, cfg, tokenizer, tokenizer_params):
-    config_lib.check_keys(cfg, KEYS, "model")
-    self.cfg = cfg
-    self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
-    self.conditioner = conditioning.Conditioner.make(cfg)
-    self.num_classes = self.conditioner.num_classes
-    self.grid = tuple(tokenizer.grid)
+    super().__init__(cfg, tokenizer, tokenizer_params, KEYS)
     self.rope_convention = cfg.get("rope_convention", "predicted")
     if self.rope_convention not in ("predicted", "llamagen"):
       raise ValueError(f"model.rope_convention must be 'predicted' or 'llamagen', got {self.rope_convention!r}")

@@ -22,7 +22,7 @@ from arjax import layout as layout_lib
 from arjax.paradigms import block_diffusion as bd
 from arjax.paradigms import latent
 
-KEYS = ("name", "num_classes", "cond", "width", "label_drop", "entity", "entity_size", "scales", "flow", "transformer")
+KEYS = ("width", "entity", "entity_size", "scales", "flow", "transformer")
 ENTITIES = ("token", "cell", "subsample", "scale", "image")
 
 

@@ -15,42 +15,28 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from arjax import conditioning
-from arjax import config as config_lib
 from arjax import heads
 from arjax import layout as layout_lib
 from arjax.nn import scale_net
 from arjax.nn.resize import resize
 from arjax.nn.transformer import TransformerConfig
+from arjax.paradigms import latent
 from arjax.sampling import loop
 from arjax.sampling.schedules import annealed_steps
 
-KEYS = ("name", "num_classes", "cond", "width", "label_drop", "scales", "transformer", "head")
-SAMPLE_OPTIONS = dict(steps=None, steps_end=None, solver=None)  # beyond guidance.DEFAULTS; None = model.head's
+KEYS = ("width", "scales", "transformer", "head")  # beyond base.COND_KEYS
 
 
-class ScaleFlow:
+class ScaleFlow(latent.LatentParadigm):
   """FlowAR (an arjax.interfaces.Paradigm); params = {net, head}."""
 
   def __init__(self, cfg, tokenizer, tokenizer_params):
-    config_lib.check_keys(cfg, KEYS, "model")
-    self.cfg = cfg
-    self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
-    self.conditioner = conditioning.Conditioner.make(cfg)
-    self.num_classes = self.conditioner.num_classes
-    self.grid, self.token_dim = tuple(tokenizer.grid), tokenizer.latent_dim
-    try:
-      self.layout = layout_lib.scale_layout(cfg.scales, self.grid)
-    except ValueError as e:
-      raise ValueError(f"model.scales={tuple(cfg.scales)}: {e}") from None
+    super().__init__(cfg, tokenizer, tokenizer_params, KEYS)
+    self.layout = latent.layout_for("scales", tuple(cfg.scales), layout_lib.scale_layout, cfg.scales, self.grid)
     self.scales, self.sizes, self.starts = self.layout.scales, self.layout.sizes, self.layout.starts
     self.tcfg = TransformerConfig.make(cfg.transformer, width=cfg.width, adaln=True, max_len=self.layout.length)
     self.net = scale_net.ScaleNet(self.conditioner, self.sizes, self.tcfg)
     self.head = heads.build(self.token_dim, cfg.head)
-
-  def preprocess(self, batch):
-    """Images -> scaled VAE latents [B, h, w, C] with the frozen tokenizer."""
-    return dict(self.conditioner.from_batch(batch), latent=self.tokenizer.encode(self.tokenizer_params, batch["image"]))
 
   def scale_latents(self, latent_BHWC):
     """Per-scale targets [B, s, s, C]: the latent area-downsampled to each scale."""
@@ -93,7 +79,8 @@ class ScaleFlow:
   # ---- sampling: the skeleton's forward (scale_net.forward) / sample / commit
 
   def _draw(self, opts, params, z_RnD, scale, unit, rng):
-    """The head's ODE solve for every token of the scale [B, n, C] (velocities guided at each solver step)."""
+    """The head's ODE solve for every token of the scale [B, n, C] (velocities guided at each solver step; `opts`:
+    loop.options with latent.FLOW_OPTIONS, None = the config's model.head value)."""
     steps = self.cfg.head.steps if opts["steps"] is None else opts["steps"]
     steps_end = self.cfg.head.steps_end if opts["steps_end"] is None else opts["steps_end"]
     x = self.head.sample(params["head"], z_RnD.reshape(-1, z_RnD.shape[-1]), rng, guide_scale=scale,
@@ -122,8 +109,8 @@ class ScaleFlow:
     steps = loop.Steps(forward, functools.partial(self._draw, opts), self._commit)
     return loop.run(steps, params, self.sizes, state, guide).out
 
-  @loop.sampler(extra=SAMPLE_OPTIONS)
-  def sample(self, params, cond, rng, opts):
-    """Images [B, H, W, 3] in [-1, 1] for `cond`."""
-    latent = self.layout.merge(self.sample_sequence(params, cond, rng, opts))
-    return self.tokenizer.decode(self.tokenizer_params, latent)
+  def sample_latents(self, params, cond, rng, opts):
+    """Latent grid [B, h, w, C]: the last scale."""
+    return self.layout.merge(self.sample_sequence(params, cond, rng, opts))
+
+  sample = latent.sampler(latent.FLOW_OPTIONS)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import random_params
 
-from arjax.paradigms import scale_flow
+from arjax.paradigms import latent
 from arjax.paradigms.scale_flow import ScaleFlow
 from arjax.sampling import loop
 
@@ -63,7 +63,7 @@ def test_features_are_causal_over_scales():
 def test_cached_sampler_equals_teacher_forced_recompute(cfg_scale, steps_end):
   model, params = make(steps_end=steps_end)
   label, rng = jnp.array([0, 2]), jax.random.PRNGKey(3)
-  opts = loop.options(dict(cfg_scale=cfg_scale, cfg_schedule="linear"), scale_flow.SAMPLE_OPTIONS)
+  opts = loop.options(dict(cfg_scale=cfg_scale, cfg_schedule="linear"), latent.FLOW_OPTIONS)
   seq = jax.jit(lambda p: model.sample_sequence(p, {"label": label}, rng, opts))(params)
   scales = model.per_scale(seq)
   final = model.layout.merge(seq)
