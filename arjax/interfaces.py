@@ -66,6 +66,11 @@ def optional(model, name: str):
   return getattr(model, name, None)
 
 
+def is_paradigm(model) -> bool:
+  """Whether `model` samples images from conditions (a Paradigm), as opposed to a tokenizer."""
+  return isinstance(model, Paradigm)
+
+
 def require(model, protocol, what: str = "model"):
   """Raises one clear error if `model` does not implement `protocol`."""
   if not isinstance(model, protocol):

@@ -42,6 +42,7 @@ def check_workdir(workdir: str):
 def run(config, workdir: str):
   """Builds the model and evaluators, trains, writes samples; returns the final metrics."""
   import jax
+  from arjax import interfaces
   from arjax import registry
   from arjax.train import loop
   model = registry.build_model(config)
@@ -54,7 +55,7 @@ def run(config, workdir: str):
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   state, metrics = loop.train(config, workdir, model, evaluators)
-  if hasattr(model, "sample"):
+  if interfaces.is_paradigm(model):
     path = os.path.join(workdir, "samples.png")
     loop.write_samples(model, state.ema_params, config, path)
     if jax.process_index() == 0:

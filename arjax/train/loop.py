@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from arjax import interfaces
 from arjax import sharding
 from arjax.data import pipeline
 from arjax.eval import grid
@@ -86,7 +87,7 @@ def train(config, workdir: str, model, evaluators=()):
   ds = pipeline.make_dataset(config.data, split="train", seed=config.seed, process_index=shard_index,
                              process_count=shard_count)
   data_iter = iter(ds)
-  preprocess = jax.jit(getattr(model, "preprocess", lambda b: b))
+  preprocess = jax.jit(interfaces.optional(model, "preprocess") or (lambda b: b))
   first = preprocess(sharding.global_batch(next(iter(ds)), mesh))
   tx, lr_fn = make_optimizer(config.optim, config.train.steps)
   compute_dtype = jnp.dtype(config.train.compute_dtype)
@@ -108,7 +109,7 @@ def train(config, workdir: str, model, evaluators=()):
   with mesh:
     train_step = train_step.lower(state, first).compile()  # compiled here, so that the barrier covers it
   sharding.barrier("arjax_train_compiled")
-  maintain = getattr(model, "maintain", None)
+  maintain = interfaces.optional(model, "maintain")
   maintain = jax.jit(maintain, out_shardings=shardings.params) if maintain and config.train.maintain_every else None
   maintain_rng = jax.random.PRNGKey(config.seed + 1)
   writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
@@ -128,7 +129,7 @@ def train(config, workdir: str, model, evaluators=()):
         m = _log(writer, done, dict(metrics, steps_per_s=(done - start) / (time.time() - t0)),
                  os.path.join(workdir, "metrics.jsonl"))
         bar.set_postfix({k: f"{v:.4g}" for k, v in m.items() if k in ("loss", "psnr", "token_acc", "lr")})
-      if config.train.sample_every and done % config.train.sample_every == 0 and hasattr(model, "sample"):
+      if config.train.sample_every and done % config.train.sample_every == 0 and interfaces.is_paradigm(model):
         write_samples(model, state.ema_params, config, os.path.join(workdir, "samples", f"step{done}.png"))
       for ev in evaluators:
         if ev.every and done % ev.every == 0:
@@ -148,12 +149,20 @@ def train(config, workdir: str, model, evaluators=()):
   return state, {k: float(v) for k, v in metrics.items()}
 
 
-def write_samples(model, params, config, path, labels=None):
-  """Samples one image per label (default: cycling classes) and writes a PNG grid (process 0 writes)."""
+def sample_conds(model, config, n: int) -> dict:
+  """The conditions of n sample images: the classes in turn, or the first n captions of the test split."""
+  conditioner = model.conditioner
+  if conditioner.kind == "class":
+    return {"label": jnp.arange(n) % conditioner.num_classes}
+  source = pipeline.make_source(config.data, "test", n)
+  return {"caption": jnp.asarray(np.stack([pipeline.encode_caption(source[i]["caption"]) for i in range(n)]))}
+
+
+def write_samples(model, params, config, path, cond=None):
+  """Samples one image per condition (default: sample_conds) and writes a PNG grid (process 0 writes)."""
   from jax.experimental import multihost_utils
-  n = config.train.num_sample_images
-  labels = jnp.arange(n) % model.num_classes if labels is None else labels
-  images = model.sample(params, {"label": labels}, jax.random.PRNGKey(config.seed + 1), **config.sample)
+  cond = sample_conds(model, config, config.train.num_sample_images) if cond is None else cond
+  images = model.sample(params, cond, jax.random.PRNGKey(config.seed + 1), **config.sample)
   sharding.barrier(f"arjax_samples_{path}")
   images = multihost_utils.process_allgather(images, tiled=True)  # the global array as numpy on every process
   if jax.process_index() == 0:

@@ -31,7 +31,8 @@ class NoiseModel:
   def __init__(self):
     self.seen = []
 
-  def sample(self, params, labels, rng, *, scale=1.0):
+  def sample(self, params, cond, rng, *, scale=1.0):
+    labels = cond["label"]
     self.seen.append(np.asarray(labels))
     return _noise_images(params, labels, rng) * scale
 
