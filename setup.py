@@ -1,6 +1,8 @@
 """arjax: autoregressive image and video generation in JAX."""
 from setuptools import find_packages, setup
 
+NOTEBOOKS = ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0", "jupyter-client==8.10.0"]  # run headless
+
 setup(
     name="arjax",
     version="0.1.0",
@@ -26,8 +28,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest==9.2.0", "hypothesis==6.170.15", "pytest-xdist==3.8.0", "tensorflow-datasets==4.9.10",
-             "torch==2.13.0", "safetensors==0.8.0"],
+                 "torch==2.13.0", "safetensors==0.8.0", *NOTEBOOKS],
         "tfds": ["tensorflow-datasets==4.9.10"],
         "torch": ["torch==2.13.0", "safetensors==0.8.0"],
+        "notebooks": NOTEBOOKS,
     },
 )
