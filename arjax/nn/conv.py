@@ -64,6 +64,14 @@ def group_norm(groups: int, channels: int, exact: bool = False, name=None):
   return nn.GroupNorm(num_groups=groups, epsilon=1e-6, use_fast_variance=not exact, name=name)
 
 
+def batch_images(batch, image_size: int):
+  """batch['image'], checked to be [B, image_size, image_size, 3]."""
+  x = batch["image"]
+  if x.ndim != 4 or x.shape[1:] != (image_size, image_size, 3):
+    raise ValueError(f"batch['image'] must be [B, {image_size}, {image_size}, 3], got {x.shape}")
+  return x
+
+
 def autoencoder_config(cfg, defaults: dict, rec_losses) -> tuple[dict, int, tuple, ConvConfig]:
   """Validated conv-autoencoder settings: (cfg merged over defaults, image_size, latent grid, compact stack)."""
   from arjax import config as config_lib

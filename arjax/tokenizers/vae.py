@@ -69,10 +69,7 @@ class VAETokenizer:
     self.net = VAENet(stack, self.latent_dim)
 
   def _images(self, batch):
-    x = batch["image"]
-    if x.ndim != 4 or x.shape[1:] != (self.image_size, self.image_size, 3):
-      raise ValueError(f"batch['image'] must be [B, {self.image_size}, {self.image_size}, 3], got {x.shape}")
-    return x
+    return conv_lib.batch_images(batch, self.image_size)
 
   def _apply(self, params, method, *args):
     return self.net.apply({"params": params}, *args, method=method)
