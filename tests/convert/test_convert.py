@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from arjax.convert import common, llamagen, var
+from arjax.convert import common, llamagen, synthetic, var
 from arjax.paradigms.next_scale import NextScale
 from arjax.paradigms.next_token import NextToken
 from arjax.sampling import loop
@@ -16,90 +16,19 @@ from arjax.tokenizers.multiscale_vq import MultiScaleVQ
 torch = pytest.importorskip("torch")  # the [torch] extra; converters read torch files
 
 C, H, DEPTH, V, CV, NCLS, PN = 32, 2, 2, 16, 4, 3, (1, 2, 4)
-L = sum(p * p for p in PN)
 VQ = dict(name="msvq", ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=CV, code_dim=CV, vocab_size=V,
           patch_nums=PN, image_size=8, attn=True, norm_groups=32)
 
 
-def ldm_keys(ch, ch_mult, nrb, z, fused_qkv, llamagen_names):
-  """name -> shape of an LDM/taming encoder+decoder in the official naming."""
-  out = {}
-  def conv(n, o, i, k):
-    out[n + ".weight"], out[n + ".bias"] = (o, i, k, k), (o,)
-  def norm(n, c):
-    out[n + ".weight"], out[n + ".bias"] = (c,), (c,)
-  def res(n, i, o):
-    norm(n + ".norm1", i), conv(n + ".conv1", o, i, 3), norm(n + ".norm2", o), conv(n + ".conv2", o, o, 3)
-    if i != o:
-      conv(n + ".nin_shortcut", o, i, 1)
-  def attn(n, c):
-    norm(n + ".norm", c)
-    if fused_qkv:
-      conv(n + ".qkv", 3 * c, c, 1)
-    else:
-      [conv(f"{n}.{x}", c, c, 1) for x in "qkv"]
-    conv(n + ".proj_out", c, c, 1)
-  levels = len(ch_mult)
-  down = ("conv_blocks", "res") if llamagen_names else ("down", "block")
-  up = ("conv_blocks", "res") if llamagen_names else ("up", "block")
-  conv("encoder.conv_in", ch, 3, 3)
-  cin = ch
-  for i, m in enumerate(ch_mult):
-    for j in range(nrb):
-      res(f"encoder.{down[0]}.{i}.{down[1]}.{j}", cin, ch * m)
-      cin = ch * m
-      if i == levels - 1:
-        attn(f"encoder.{down[0]}.{i}.attn.{j}", cin)
-    if i != levels - 1:
-      conv(f"encoder.{down[0]}.{i}.downsample.conv", cin, cin, 3)
-  for part in ("encoder", "decoder"):
-    names = ("mid.0", "mid.1", "mid.2") if llamagen_names else ("mid.block_1", "mid.attn_1", "mid.block_2")
-    c = ch * ch_mult[-1]
-    res(f"{part}.{names[0]}", c, c), attn(f"{part}.{names[1]}", c), res(f"{part}.{names[2]}", c, c)
-  norm("encoder.norm_out", cin), conv("encoder.conv_out", z, cin, 3)
-  conv("decoder.conv_in", ch * ch_mult[-1], z, 3)
-  cin = ch * ch_mult[-1]
-  for i in reversed(range(levels)):
-    idx = levels - 1 - i if llamagen_names else i
-    for j in range(nrb + 1):
-      res(f"decoder.{up[0]}.{idx}.{up[1]}.{j}", cin, ch * ch_mult[i])
-      cin = ch * ch_mult[i]
-      if i == levels - 1:
-        attn(f"decoder.{up[0]}.{idx}.attn.{j}", cin)
-    if i != 0:
-      conv(f"decoder.{up[0]}.{idx}.upsample.conv", cin, cin, 3)
-  norm("decoder.norm_out", cin), conv("decoder.conv_out", 3, cin, 3)
-  return out
-
-
 def var_vae_keys():
-  keys = ldm_keys(32, (1, 2), 1, CV, True, False)
-  keys.update({"quant_conv.weight": (CV, CV, 3, 3), "quant_conv.bias": (CV,), "post_quant_conv.weight": (CV, CV, 3, 3),
-               "post_quant_conv.bias": (CV,), "quantize.embedding.weight": (V, CV),
-               "quantize.ema_vocab_hit_SV": (len(PN), V)})
-  for k in range(4):
-    keys[f"quantize.quant_resi.qresi_ls.{k}.weight"], keys[f"quantize.quant_resi.qresi_ls.{k}.bias"] = (CV, CV, 3, 3), (CV,)
-  return keys
+  return synthetic.var_vae_keys(32, (1, 2), 1, CV, V, len(PN))
 
 
 def var_keys():
-  keys = {"class_emb.weight": (NCLS + 1, C), "pos_start": (1, 1, C), "pos_1LC": (1, L, C), "lvl_embed.weight": (len(PN), C),
-          "word_embed.weight": (C, CV), "word_embed.bias": (C,), "lvl_1L": (1, L), "attn_bias_for_masking": (1, 1, L, L),
-          "head_nm.ada_lin.1.weight": (2 * C, C), "head_nm.ada_lin.1.bias": (2 * C,), "head.weight": (V, C),
-          "head.bias": (V,)}
-  for i in range(DEPTH):
-    b = f"blocks.{i}."
-    keys.update({b + "attn.mat_qkv.weight": (3 * C, C), b + "attn.q_bias": (C,), b + "attn.v_bias": (C,),
-                 b + "attn.zero_k_bias": (C,), b + "attn.scale_mul_1H11": (1, H, 1, 1), b + "attn.proj.weight": (C, C),
-                 b + "attn.proj.bias": (C,), b + "ffn.fc1.weight": (4 * C, C), b + "ffn.fc1.bias": (4 * C,),
-                 b + "ffn.fc2.weight": (C, 4 * C), b + "ffn.fc2.bias": (C,), b + "ada_lin.1.weight": (6 * C, C),
-                 b + "ada_lin.1.bias": (6 * C,)})
-  return keys
+  return synthetic.var_keys(C, H, DEPTH, V, CV, NCLS, PN)
 
 
-def random_sd(keys, seed=0):
-  g = torch.Generator().manual_seed(seed)
-  return {k: torch.randn(*s, generator=g) for k, s in keys.items()}
+random_sd = synthetic.random_state_dict
 
 
 def var_model():
@@ -149,10 +78,7 @@ def test_var_vqvae_splits_fused_qkv_and_transposes_convs():
 def test_llamagen_gpt_and_vq():
   vq_cfg = dict(VQ, patch_nums=(4,), quant_resi=0.0, share_quant_resi=0, quant_conv_ks=1, l2_codes=True, z_channels=32)
   tok = MultiScaleVQ(vq_cfg)
-  keys = ldm_keys(32, (1, 2), 1, 32, False, True)
-  keys.update({"quant_conv.weight": (CV, 32, 1, 1), "quant_conv.bias": (CV,), "post_quant_conv.weight": (32, CV, 1, 1),
-               "post_quant_conv.bias": (32,), "quantize.embedding.weight": (V, CV), "quantize.codebook_used": (65536,)})
-  sd = common.to_numpy(random_sd(keys))
+  sd = common.to_numpy(random_sd(synthetic.llamagen_vq_keys(32, (1, 2), 1, 32, CV, V)))
   tp = llamagen.convert_vq(sd, tok)
   np.testing.assert_array_equal(tp["decoder"]["up_1_block_0"]["conv1"]["kernel"][1, 2, 3, 4],
                                 sd["decoder.conv_blocks.0.res.0.conv1.weight"][4, 3, 1, 2])  # level 1 = block 0
@@ -162,13 +88,7 @@ def test_llamagen_gpt_and_vq():
                                                         norm="rms", pos="rope2d", impl="xla")))
   model = NextToken(cfg, tok, tp)
   hd = C // H
-  gkeys = {"tok_embeddings.weight": (V, C), "cls_embedding.embedding_table.weight": (NCLS + 1, C), "norm.weight": (C,),
-           "output.weight": (V, C), "freqs_cis": (17, hd // 2, 2)}
-  for i in range(DEPTH):
-    b = f"layers.{i}."
-    gkeys.update({b + "attention.wqkv.weight": ((H + 2) * hd, C), b + "attention.wo.weight": (C, C),
-                  b + "feed_forward.w1.weight": (2 * C, C), b + "feed_forward.w3.weight": (2 * C, C),
-                  b + "feed_forward.w2.weight": (C, 2 * C), b + "attention_norm.weight": (C,), b + "ffn_norm.weight": (C,)})
+  gkeys = synthetic.llamagen_gpt_keys(C, H, 1, DEPTH, V, NCLS, 16, 2 * C)
   sd = common.to_numpy(random_sd(gkeys, 1))
   p = llamagen.convert_gpt(sd, model)
   np.testing.assert_array_equal(p["embed"]["embedding"], sd["tok_embeddings.weight"])
