@@ -7,7 +7,9 @@ attention masks by cached *sequence indices*, never by slot. Layouts (as kernels
   * ring with sink (S = sink + window): indices [0, sink) keep slots [0, sink) forever; index
     i >= sink lives at slot sink + (i - sink) % window, so the cache holds sink ∪ the last window.
 Feeding L tokens writes indices end_B + [0, L) (`write`, per row) and `advance` moves end_B by L.
-`truncate` rolls rows back; on a ring, indices evicted before the rollback do not come back, and the
+While every row is at the same end (`aligned`, static), writes are one dynamic_update_slice and
+attention evaluates one mask row for the batch; `truncate` clears it (a decoder that truncates inside a lax
+loop starts from `init(...).replace(aligned=False)`, as a loop carry keeps its static fields). `truncate` rolls rows back; on a ring, indices evicted before the rollback do not come back, and the
 Pallas decode kernel (which derives slot positions from end_B) is then exact only once the ring has
 refilled: serve a truncated ring with impl='xla'.
 """
@@ -28,6 +30,7 @@ class KVCache:
   end_B: jax.Array  # int32 [B]: tokens written per row = sequence index of the next token
   window: Optional[int] = flax.struct.field(pytree_node=False, default=None)  # ring size; None = contiguous
   sink: int = flax.struct.field(pytree_node=False, default=0)  # ring: slots [0, sink) keep indices [0, sink)
+  aligned: bool = flax.struct.field(pytree_node=False, default=True)  # every row at the same end_B (lockstep)
 
   @property
   def size(self) -> int:
@@ -69,8 +72,12 @@ def _check_len(cache: KVCache, n: int):
 
 
 def write(cache: KVCache, layer_k, layer_v, k_BLGD, v_BLGD):
-  """One layer's (k_all, v_all) with L new keys/values at indices end_B + [0, L), per row (a scatter)."""
+  """One layer's (k_all, v_all) with L new keys/values at indices end_B + [0, L), per row (a scatter; one
+  dynamic_update_slice for an aligned contiguous cache, which XLA:CPU runs faster)."""
   _check_len(cache, k_BLGD.shape[1])
+  if cache.aligned and cache.window is None:
+    put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), cache.end_B[0], axis=1)
+    return put(layer_k, k_BLGD), put(layer_v, v_BLGD)
   slot_BL = slots(cache, query_indices(cache, k_BLGD.shape[1]))
   rows_B1 = jnp.arange(slot_BL.shape[0])[:, None]
   put = lambda buf, new: buf.at[rows_B1, slot_BL].set(new.astype(buf.dtype), mode="drop")
@@ -92,9 +99,10 @@ def advance(cache: KVCache, new_k, new_v, n: int) -> KVCache:
 def truncate(cache: KVCache, end_B) -> KVCache:
   """Per-row rollback: end = min(end, end_B); slots holding indices >= the new end become empty."""
   end_B = jnp.minimum(cache.end_B, jnp.asarray(end_B, jnp.int32))
-  return cache.replace(pos_BS=jnp.where(cache.pos_BS >= end_B[:, None], -1, cache.pos_BS), end_B=end_B)
+  return cache.replace(pos_BS=jnp.where(cache.pos_BS >= end_B[:, None], -1, cache.pos_BS), end_B=end_B,
+                       aligned=False)
 
 
 def reset(cache: KVCache) -> KVCache:
   """All slots empty, every row at index 0 (buffers are kept; empty slots are never read)."""
-  return truncate(cache, jnp.zeros_like(cache.end_B))
+  return truncate(cache, jnp.zeros_like(cache.end_B)).replace(aligned=True)

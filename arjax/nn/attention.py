@@ -107,7 +107,8 @@ def cached_attention(q_BQHD, k_BSGD, v_BSGD, mask, q_idx_BQ, pos_BS, *, window=N
 
   def pallas():
     import kernels_pallas
-    return kernels_pallas.decode_attention(q_BQHD, k_BSGD, v_BSGD, q_idx_BQ[:, -1] + 1, window=window, sink=sink,
+    lengths_B = jnp.broadcast_to(q_idx_BQ[:, -1] + 1, (q_BQHD.shape[0],))
+    return kernels_pallas.decode_attention(q_BQHD, k_BSGD, v_BSGD, lengths_B, window=window, sink=sink,
                                            causal=not whole_unit, sm_scale=sm_scale)
 
   xla = lambda: xla_attention(q_BQHD, k_BSGD, v_BSGD, mask, q_idx_BQ=q_idx_BQ, k_idx_BK=pos_BS, sm_scale=sm_scale)

@@ -121,8 +121,10 @@ class Attention(nn.Module):
     else:
       new_layer = cache_lib.write(cache, cache.k[layer], cache.v[layer], k, v)
       n = x_BLD.shape[1]
-      out = attn_lib.cached_attention(q, *new_layer, mask, cache_lib.query_indices(cache, n),
-                                      cache_lib.written_pos(cache, n), window=cache.window, sink=cache.sink,
+      q_idx_BQ, pos_BS = cache_lib.query_indices(cache, n), cache_lib.written_pos(cache, n)
+      if cache.aligned and not attn_lib.is_runtime(mask):  # rows in lockstep: one mask serves the batch
+        q_idx_BQ, pos_BS = q_idx_BQ[:1], pos_BS[:1]
+      out = attn_lib.cached_attention(q, *new_layer, mask, q_idx_BQ, pos_BS, window=cache.window, sink=cache.sink,
                                       whole_unit=whole_unit, sm_scale=sm_scale, impl=c.impl)
     out = nn.DenseGeneral(c.width, axis=(-2, -1), name="o",
                           kernel_init=nn.with_logical_partitioning(layers.default_init, ("heads", "kv", "embed")),
