@@ -69,12 +69,3 @@ def optional(model, name: str):
 def is_paradigm(model) -> bool:
   """Whether `model` samples images from conditions (a Paradigm), as opposed to a tokenizer."""
   return isinstance(model, Paradigm)
-
-
-def require(model, protocol, what: str = "model"):
-  """Raises one clear error if `model` does not implement `protocol`."""
-  if not isinstance(model, protocol):
-    missing = [m for m in ("init", "loss", "preprocess", "sample", "encode", "decode")
-               if hasattr(protocol, m) and not hasattr(model, m)]
-    raise TypeError(f"{what} {type(model).__name__} does not implement {protocol.__name__}: missing {missing}")
-  return model

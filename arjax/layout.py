@@ -45,11 +45,6 @@ class Layout:
     return tuple(int(s) for s in np.cumsum((0,) + self.sizes[:-1]))
 
   @property
-  def unit_ids(self) -> np.ndarray:
-    """Unit index of every sequence token [length]."""
-    return np.repeat(np.arange(self.num_units), self.sizes)
-
-  @property
   def positions(self) -> np.ndarray:
     """Per-token positions: grid (row, col) [L, 2] with rope2d (a scale's token sits at the full-grid cell
     it covers), else sequence indices [L] (learned positions / 1D RoPE)."""

@@ -61,7 +61,3 @@ class Guidance:
   def double(self, x):
     """[x ; x] when guidance is on (the inputs of a guided pass), else x."""
     return jnp.concatenate([x, x]) if self.on else x
-
-  def apply(self, y, progress):
-    """The guided rows of a pass's output (y itself when guidance is off)."""
-    return combine(y, self.at(progress)) if self.on else y
