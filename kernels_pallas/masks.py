@@ -232,6 +232,52 @@ class WindowSink(MaskSpec):
     return any_, all_
 
 
+@_spec()
+class SkipWindowSink(MaskSpec):
+  """Teacher forcing for window_sink (LongLive frame AR): SkipCausal over [clean ; noised] blocks where either
+  copy of block b sees only clean blocks j with j > b - window or j < sink (and noised b itself)."""
+  block: int
+  n_blocks: int
+  window: int
+  sink: int = 0
+
+  def _fold(self, idx):
+    """(block index within its half, noised?) of positions (noised blocks past n_blocks extend the rule)."""
+    n = self.block * self.n_blocks
+    noised = idx >= n
+    return (idx - n * noised) // self.block, noised
+
+  def mask_fn(self, q_idx, kv_idx):
+    (qb, _), (kb, _) = self._fold(q_idx), self._fold(kv_idx)
+    near = (qb - kb < self.window) | (kb < self.sink)
+    return SkipCausal(self.block, self.n_blocks).mask_fn(q_idx, kv_idx) & near
+
+  def _dense_abs(self, q_pos, kv_len):
+    fold = lambda p: np.where(p >= self.block * self.n_blocks, p - self.block * self.n_blocks, p) // self.block
+    qb, kb = fold(q_pos)[:, None], fold(np.arange(kv_len))[None, :]
+    return SkipCausal(self.block, self.n_blocks)._dense_abs(q_pos, kv_len) & ((qb - kb < self.window) |
+                                                                              (kb < self.sink))
+
+  def _any_all(self, q_lo, q_hi, k_lo, k_hi):
+    n, b, w, s = self.block * self.n_blocks, self.block, self.window, self.sink
+    (cq_lo, cq_hi, cq), (nq_lo, nq_hi, nq) = _split(q_lo, q_hi, n)
+    (ck_lo, ck_hi, ck), (nk_lo, nk_hi, nk) = _split(k_lo, k_hi, n)
+    cqa, cqb, cka, ckb = cq_lo // b, cq_hi // b, ck_lo // b, ck_hi // b
+    nqa, nqb, nka, nkb = (nq_lo - n) // b, (nq_hi - n) // b, (nk_lo - n) // b, (nk_hi - n) // b
+
+    def windowed(qa, qb, ka, kb, gap):  # clean keys at block distance >= gap (0: causal, 1: strictly before)
+      any_ = ((ka <= qb - gap) & (ka < s)) | ((qa - kb < w) & (qb - ka >= gap) & (gap < w))
+      all_ = (kb <= qa - gap) & ((kb < s) | (qb - np.maximum(ka, s) < w))
+      return any_, all_
+
+    single = (nqa == nqb) & (nka == nkb) & (nqa == nka)
+    return _combine([
+        (cq & ck, *windowed(cqa, cqb, cka, ckb, 0)),
+        (cq & nk, False, False),  # clean never sees noised
+        (nq & nk, (nka <= nqb) & (nqa <= nkb), single),  # noised sees its own block
+        (nq & ck, *windowed(nqa, nqb, cka, ckb, 1))])
+
+
 @_spec("inner")
 class Prefix(MaskSpec):
   """Tokens < n see each other; all see them; the rest follow `inner` shifted by n."""
@@ -387,6 +433,13 @@ def window_sink(block: int, window: int, sink: int = 0) -> MaskSpec:
   if block <= 0 or window <= 0 or sink < 0:
     raise ValueError(f"window_sink needs block>0, window>0, sink>=0; got {block}, {window}, {sink}")
   return WindowSink(int(block), int(window), int(sink))
+
+
+def skip_window_sink(block: int, n_blocks: int, window: int, sink: int = 0) -> MaskSpec:
+  if block <= 0 or n_blocks <= 0 or window <= 0 or sink < 0:
+    raise ValueError(f"skip_window_sink needs block>0, n_blocks>0, window>0, sink>=0; got {block}, {n_blocks}, "
+                     f"{window}, {sink}")
+  return SkipWindowSink(int(block), int(n_blocks), int(window), int(sink))
 
 
 def prefix(n: int, inner: MaskSpec) -> MaskSpec:
