@@ -1,9 +1,11 @@
 """grain input pipelines: a data config -> batches dict(image f32 [B,H,W,3] in [-1,1], label i32 [B],
-caption u8 [B,64] (utf-8 bytes, 0-padded)).
+caption u8 [B,64] (utf-8 bytes, 0-padded)); video sources give video f32 [B,T,H,W,3] and labels i32 [B,T] in
+place of image.
 
 Data names: 'shapes' (embedded, procedural), 'tfds:<name>' (an array_record TFDS dataset under
 $TFDS_DATA_DIR), 'folder:<path>' (<path>/<split>/<class>/*.png if <path>/<split> exists, else
-<path>/<class>/*.png for every split).
+<path>/<class>/*.png for every split); videos: 'moving_shapes' (embedded, procedural; data.frames, data.max_shapes,
+data.switch_prob) and 'video_folder:<path>' (<path>[/<split>]/<class>/<video dir or .npy>; data.frames).
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ import grain
 import jax
 import numpy as np
 
-from arjax.data import shapes, sources
+from arjax.data import moving_shapes, shapes, sources
 
 CAPTION_LEN = 64
-DATA_NAMES = ("shapes", "tfds:<name>", "folder:<path>")
+DATA_NAMES = ("shapes", "tfds:<name>", "folder:<path>", "moving_shapes", "video_folder:<path>")
 # Elements are whole batches; a small buffer keeps the 2-core budget for the model, not for read-ahead.
 READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 
@@ -27,7 +29,16 @@ def make_source(data_cfg, split: str, num_examples: int | None = None):
   if name == "shapes":
     return shapes.ShapesSource(split, num_examples or data_cfg.num_examples, data_cfg.image_size,
                                tuple(data_cfg.colours))
+  if name == "moving_shapes":
+    return moving_shapes.MovingShapesSource(split, num_examples or data_cfg.num_examples, data_cfg.image_size,
+                                            data_cfg.get("frames", 16), tuple(data_cfg.colours),
+                                            max_shapes=data_cfg.get("max_shapes", 1),
+                                            switch_prob=data_cfg.get("switch_prob", 0.5))
   kind, _, arg = name.partition(":")
+  if kind == "video_folder" and arg:
+    split_dir = os.path.join(arg, split)
+    return moving_shapes.VideoFolderSource(split_dir if os.path.isdir(split_dir) else arg, data_cfg.image_size,
+                                           data_cfg.get("frames", 16))
   if kind == "tfds" and arg:
     return sources.tfds_source(arg, split, image_size=data_cfg.image_size)
   if kind == "folder" and arg:
@@ -50,7 +61,11 @@ def decode_caption(caption_L) -> str:
 
 
 def to_model_example(ex: dict) -> dict:
-  """A source example -> dict(image float32 [H,W,3] in [-1,1], label int32, caption uint8 [64])."""
+  """A source example -> dict(image float32 [H,W,3] in [-1,1], label int32, caption uint8 [64]); a video example
+  has video float32 [T,H,W,3] and labels int32 [T] in place of image."""
+  if "video" in ex:
+    return dict(video=ex["video"].astype(np.float32) / 127.5 - 1.0, labels=np.asarray(ex["labels"], np.int32),
+                label=np.int32(ex["label"]), caption=encode_caption(ex["caption"]))
   return dict(image=ex["image"].astype(np.float32) / 127.5 - 1.0, label=np.int32(ex["label"]),
               caption=encode_caption(ex["caption"]))
 
