@@ -8,11 +8,12 @@ prediction (velocity / noise) with guidance.combine.
 from __future__ import annotations
 
 HEAD_KEYS = ("kind", "width", "depth", "steps", "steps_end", "solver", "sde_scale", "batch_mul", "train_steps",
-             "clip_x0")
+             "clip_x0", "prediction", "heads", "order")
 
 
-def build(token_dim: int, cfg):
-  """The head named by cfg.kind: 'flow' (flow matching) or 'diffusion' (MAR-style DDPM)."""
+def build(token_dim: int, cfg, tokenizer=None, tokenizer_params=None):
+  """The head named by cfg.kind: 'flow' (flow matching), 'diffusion' (MAR-style DDPM) or 'dimwise' (TokenBridge's
+  per-dimension AR head; it takes its grid and data-derived channel order from the dimwise tokenizer)."""
   from arjax import config as config_lib
   config_lib.check_keys(cfg, HEAD_KEYS, "model.head")
   if cfg.kind == "flow":
@@ -21,7 +22,10 @@ def build(token_dim: int, cfg):
   if cfg.kind == "diffusion":
     from arjax.heads.diffusion import DiffusionHead
     return DiffusionHead(token_dim, cfg)
-  raise ValueError(f"model.head.kind must be 'flow' or 'diffusion', got {cfg.kind!r}")
+  if cfg.kind == "dimwise":
+    from arjax.heads import dimwise
+    return dimwise.build(token_dim, cfg, tokenizer, tokenizer_params)
+  raise ValueError(f"model.head.kind must be 'flow', 'diffusion' or 'dimwise', got {cfg.kind!r}")
 
 
 def rows(z_ND, guide_scale) -> int:
