@@ -10,7 +10,9 @@ COND_KEYS = ("name", "num_classes", "cond", "label_drop")  # every paradigm's co
 
 
 class Paradigm:
-  """cfg, tokenizer, tokenizer_params, conditioner, num_classes, grid (the tokenizer's token grid)."""
+  """cfg, tokenizer, tokenizer_params, conditioner, num_classes, grid (the tokenizer's token grid).
+
+  A paradigm without a learned tokenizer (a codec's bytes, JPEG-LM) passes tokenizer=None: grid is then ()."""
 
   def __init__(self, cfg, tokenizer, tokenizer_params, keys):
     config_lib.check_keys(cfg, COND_KEYS + tuple(keys), "model")
@@ -18,4 +20,4 @@ class Paradigm:
     self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
     self.conditioner = conditioning.Conditioner.make(cfg)
     self.num_classes = self.conditioner.num_classes
-    self.grid = tuple(tokenizer.grid)
+    self.grid = tuple(tokenizer.grid) if tokenizer is not None else ()
