@@ -10,7 +10,8 @@ head loss is averaged over them. Sampling: the sampler skeleton over `num_iter` 
 floor(N cos(pi/2 (s+1)/S)) tokens stay unknown (at least 1 until the last round, MAR's rule), so the rounds are
 units of the tokens they reveal (next in a random order): forward is a full bidirectional pass, the head draws
 the round's tokens (guided with the scale schedule's progress = the fraction of tokens known after the round,
-MAR's rule), commit sets them; head steps optionally annealed over the rounds (DiSA).
+MAR's rule), commit sets them; head steps optionally annealed over the rounds (DiSA). With head.kind='dimwise' over
+the dimwise tokenizer this is TokenBridge (docs/tokenbridge.md).
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ class MaskedAR(latent.LatentParadigm):
     tcfg = lambda part: TransformerConfig.make(cfg[part], f"model.{part}", width=cfg.width,
                                                max_len=self.num_tokens + cfg.buffer)
     self.net = MarNet(self.conditioner, cfg.width, cfg.buffer, tcfg("encoder"), tcfg("decoder"))
-    self.head = heads.build(self.token_dim, cfg.head)
+    self.head = heads.build(self.token_dim, cfg.head, tokenizer, tokenizer_params)
 
   def init(self, rng, batch):
     k1, k2 = jax.random.split(rng)
@@ -114,8 +115,8 @@ class MaskedAR(latent.LatentParadigm):
     guide = loop.guidance(opts)
     num_iter = opts["num_iter"] or self.cfg.num_iter
     hcfg = self.cfg.head
-    steps = hcfg.steps if opts["steps"] is None else opts["steps"]
-    steps_end = hcfg.steps_end if opts["steps_end"] is None else opts["steps_end"]
+    steps = hcfg.get("steps") if opts["steps"] is None else opts["steps"]  # None: a head without solver steps
+    steps_end = hcfg.get("steps_end", 0) if opts["steps_end"] is None else opts["steps_end"]
     b, n, c = self.conditioner.batch_size(cond), self.num_tokens, self.token_dim
     k_order, rng = jax.random.split(rng)
     order_BN = jnp.argsort(jax.random.uniform(k_order, (b, n)), axis=-1)  # token generated i-th
