@@ -19,7 +19,6 @@ MODELS = {
     "next_frame": "arjax.paradigms.next_frame:NextFrame",          # LongLive-style video (issue 12)
     "any_order": "arjax.paradigms.any_order:AnyOrder",             # AS-ARM + ASSD (issue 13)
     "dimwise": "arjax.tokenizers.dimwise:DimwiseTokenizer",        # TokenBridge tokenizer (issue 14)
-    "tokenbridge": "arjax.paradigms.tokenbridge:TokenBridge",      # MAR backbone + per-dimension AR head
     "jpeg_lm": "arjax.paradigms.jpeg_lm:JpegLM",                   # JPEG bytes as tokens (issue 15)
     "interleaved": "arjax.paradigms.interleaved:Interleaved",      # Orthus (issue 16)
 }
