@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arjax.nn import layers
+
 KINDS = ("class", "caption")
 KEYS = {"class": "label", "caption": "caption"}
 
@@ -117,6 +119,6 @@ class CondEmbed(nn.Module):
     keep_BL = (bytes_BL > 0).astype(jnp.float32)
     h_BLD = table(256, "byte_embed")(bytes_BL) + table(bytes_BL.shape[1], "pos_embed")(jnp.arange(bytes_BL.shape[1]))
     pooled_BD = (h_BLD * keep_BL[..., None]).sum(1) / jnp.maximum(keep_BL.sum(1, keepdims=True), 1.0)
-    h_BD = nn.Dense(self.width, name="fc2")(nn.gelu(nn.Dense(self.width, name="fc1")(pooled_BD)))
+    h_BD = layers.Dense(self.width, name="fc2")(nn.gelu(layers.Dense(self.width, name="fc1")(pooled_BD)))
     null_D = self.param("null", nn.with_logical_partitioning(self.embed_init, ("embed",)), (self.width,))
     return jnp.where(keep_BL.sum(1, keepdims=True) > 0, h_BD, null_D.astype(h_BD.dtype))

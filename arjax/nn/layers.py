@@ -2,18 +2,32 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arjax.nn import quant
+
 default_init = nn.initializers.xavier_uniform()
 
 
+class Dense(nn.Dense):
+  """nn.Dense (same parameters) whose kernel may be bf16 (f32 accumulation) or int8 (arjax.nn.quant)."""
+  promote_dtype: Any = quant.promote_dtype
+  dot_general: Any = quant.dot_general
+
+
+class DenseGeneral(nn.DenseGeneral):
+  """nn.DenseGeneral (same parameters) whose kernel may be bf16 or int8 (arjax.nn.quant)."""
+  promote_dtype: Any = quant.promote_dtype
+  dot_general: Any = quant.dot_general
+
+
 def dense(features, axes: Sequence[str], *, use_bias=True, init=default_init, name=None, dtype=None):
-  """nn.Dense whose kernel carries logical axis names (bias gets the output axis)."""
-  return nn.Dense(features, use_bias=use_bias, name=name, dtype=dtype,
+  """Dense whose kernel carries logical axis names (bias gets the output axis)."""
+  return Dense(features, use_bias=use_bias, name=name, dtype=dtype,
                   kernel_init=nn.with_logical_partitioning(init, tuple(axes)),
                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[-1],)))
 

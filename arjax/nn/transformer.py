@@ -92,7 +92,7 @@ class Attention(nn.Module):
     """Returns (out, (k_all, v_all) of this layer written into `cache`, or None without one)."""
     c = self.config
     hd = c.head_dim
-    proj = lambda n, name, bias: nn.DenseGeneral(
+    proj = lambda n, name, bias: layers.DenseGeneral(
         (n, hd), use_bias=bias, name=name,
         kernel_init=nn.with_logical_partitioning(layers.default_init, ("embed", "heads", "kv")),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")))
@@ -126,7 +126,7 @@ class Attention(nn.Module):
         q_idx_BQ, pos_BS = q_idx_BQ[:1], pos_BS[:1]
       out = attn_lib.cached_attention(q, *new_layer, mask, q_idx_BQ, pos_BS, window=cache.window, sink=cache.sink,
                                       whole_unit=whole_unit, sm_scale=sm_scale, impl=c.impl)
-    out = nn.DenseGeneral(c.width, axis=(-2, -1), name="o",
+    out = layers.DenseGeneral(c.width, axis=(-2, -1), name="o",
                           kernel_init=nn.with_logical_partitioning(layers.default_init, ("heads", "kv", "embed")),
                           use_bias=c.out_bias,
                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(out)

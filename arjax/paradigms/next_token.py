@@ -5,21 +5,27 @@ condition vector is the Conditioner's embedding (a class, or a pooled caption). 
 the grid position of the token it predicts, so every query knows where its output goes
 (rope_convention='llamagen' instead gives input i the grid position of token i - 1 and the condition input
 an all-zero rotary table, which zeroes its q and k: LlamaGen's convention, for its converted weights).
-Sampling is the sampler skeleton over N one-token units with a KV cache; CFG doubles the batch.
+Sampling is the sampler skeleton over N one-token units with a KV cache; CFG doubles the batch. Speculative
+decoding (sampler option `decoding='sjd'|'draft'`, with `window`, `lantern_delta`, `lantern_k`, `drafter`) runs
+arjax.sampling.speculative over the same net; `decode` returns the tokens with acceptance length and NFE per sample.
 """
 from __future__ import annotations
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from arjax import conditioning
 from arjax import layout as layout_lib
 from arjax import masks
+from arjax.nn import layers
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.paradigms import base
 from arjax.sampling import logits as logits_lib
 from arjax.sampling import loop
+from arjax.sampling import speculative
 
 KEYS = ("width", "transformer", "rope_convention")  # beyond base.COND_KEYS
 
@@ -35,7 +41,7 @@ class NextTokenNet(nn.Module):
         nn.initializers.normal(0.02), ("vocab", "embed")))
     self.cond = self.conditioner.embedder(self.tcfg.width)
     self.transformer = Transformer(self.tcfg)
-    self.head = nn.Dense(self.vocab_size, kernel_init=nn.with_logical_partitioning(
+    self.head = layers.Dense(self.vocab_size, kernel_init=nn.with_logical_partitioning(
         nn.initializers.zeros, ("embed", "vocab")))
 
   def __call__(self, x_BLD, positions, cache=None):
@@ -49,6 +55,10 @@ class NextTokenNet(nn.Module):
   def step_input(self, cond, token_B, first):
     """The input of one decoding step [B, 1, D]: the condition vector at step 0, else the previous token."""
     return jnp.where(first, self.cond(cond), self.embed(token_B))[:, None]
+
+  def window_input(self, cond, tokens_BL, index_BL):
+    """Inputs at sequence indices index_BL [B, L, D]: the condition vector at index 0, else the token before."""
+    return jnp.where((index_BL == 0)[..., None], self.cond(cond)[:, None], self.embed(tokens_BL))
 
 
 class NextToken(base.Paradigm):
@@ -123,8 +133,66 @@ class NextToken(base.Paradigm):
     draw = lambda params, feat, scale, unit, rng: logits_lib.draw(rng, feat[:, 0], scale, **opts)
     return loop.run(loop.Steps(self._forward, draw, self._commit), params, self.layout.sizes, state, guide).out
 
-  @loop.sampler()
+  def window_net(self, cond) -> speculative.Net:
+    """This net as speculative decoding sees it: a forward over L inputs at per-row indices start_R + [0, L)
+    (token 0 of a row is the token before start; the condition at index 0), through a per-row KV cache."""
+
+    def forward(params, cache, tokens_RL, start_R):
+      idx_RL = start_R[:, None] + jnp.arange(tokens_RL.shape[1])
+      pos = self.input_positions[jnp.minimum(idx_RL, self.num_tokens - 1)]  # past the end: outputs never used
+      return self._apply(params, lambda m: m(m.window_input(cond, tokens_RL, idx_RL), pos, cache=cache))
+
+    return speculative.Net(forward, self.tcfg.init_cache)
+
+  def codebook(self):
+    """The tokenizer's code vectors [V, D], l2-normalised (the arjax VQs quantise on the unit sphere): the 2-D
+    parameter named 'codebook' or 'embedding' with V rows."""
+    flat = flax.traverse_util.flatten_dict(nn.meta.unbox(self.tokenizer_params or {}))
+    hits = [v for k, v in flat.items() if k[-1] in ("codebook", "embedding") and np.ndim(v) == 2
+            and np.shape(v)[0] == self.tokenizer.vocab_size]
+    if len(hits) != 1:
+      raise ValueError(f"lantern_delta > 0 needs one codebook [V={self.tokenizer.vocab_size}, D] ('codebook' or "
+                       f"'embedding') in the tokenizer params; found {len(hits)}")
+    c = np.asarray(hits[0], np.float32)
+    return c / np.maximum(np.linalg.norm(c, axis=-1, keepdims=True), 1e-12)
+
+  def neighbours(self, k: int):
+    """The LANTERN neighbour table [V, k] of the codebook (computed once per k)."""
+    table = self.__dict__.setdefault("_neighbours", {})
+    if k not in table:
+      table[k] = speculative.neighbours(self.codebook(), k)
+    return table[k]
+
+  def speculative_tokens(self, params, cond, rng, opts):
+    """(tokens [B, N], stats) by speculative decoding (`opts`: loop.options with speculative.OPTIONS)."""
+    speculative.check(opts, self.tokenizer.vocab_size)
+    guide = loop.guidance(opts)
+    b = self.conditioner.batch_size(cond)
+    cond = self.conditioner.double(cond) if guide.on else cond
+    drafter = opts["drafter"]
+    dnet = None if drafter is None else drafter.model.window_net(cond)
+    nbrs = self.neighbours(int(opts["lantern_k"])) if opts["lantern_delta"] > 0 else None
+    return speculative.decode(self.window_net(cond), params, b, self.num_tokens, self.tokenizer.vocab_size, rng, opts,
+                              dnet, None if drafter is None else drafter.params, nbrs)
+
+  @loop.sampler(speculative.OPTIONS)
+  def decode(self, params, cond, rng, opts):
+    """(tokens [B, N], stats): stats per sample nfe (target passes), tokens_per_step (mean acceptance length:
+    tokens per target pass), draft_nfe (drafter passes), and rounds (loop iterations for the batch)."""
+    if opts["decoding"] == "plain":
+      speculative.check(opts, self.tokenizer.vocab_size)
+      tokens = self.sample_tokens(params, cond, rng, opts)
+      ones = jnp.ones((tokens.shape[0],), jnp.int32)
+      return tokens, dict(nfe=ones * self.num_tokens, tokens_per_step=ones.astype(jnp.float32), draft_nfe=0 * ones,
+                          rounds=jnp.asarray(self.num_tokens, jnp.int32))
+    return self.speculative_tokens(params, cond, rng, opts)
+
+  @loop.sampler(speculative.OPTIONS)
   def sample(self, params, cond, rng, opts):
     """Images [B, H, W, 3] in [-1, 1] for `cond` ({'label': [B]} or {'caption': [B, Lc]})."""
-    tokens = self.sample_tokens(params, cond, rng, opts)
+    if opts["decoding"] == "plain":
+      speculative.check(opts, self.tokenizer.vocab_size)
+      tokens = self.sample_tokens(params, cond, rng, opts)
+    else:
+      tokens = self.speculative_tokens(params, cond, rng, opts)[0]
     return self.tokenizer.decode(self.tokenizer_params, tokens.reshape(-1, *self.grid))

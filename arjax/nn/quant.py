@@ -1,0 +1,163 @@
+"""Inference precision: bf16 weights with f32 accumulation, and int8 weight-only kernels with int8 dots.
+
+Both are chosen by the *params*, not by flags threaded through modules: `layers.Dense` / `layers.DenseGeneral`
+(drop-ins for flax's, same parameter names) read their kernel and
+  - f32 kernel: the plain f32 dot (training, reference sampling);
+  - bf16 kernel (`cast(params, jnp.bfloat16)`): operands in bf16, accumulation and output in f32 - on CPUs with
+    AMX / AVX512-BF16, XLA takes the fast path only when the dot accumulates into f32 (a bf16 x bf16 -> bf16 dot
+    is no faster than f32, and much slower for the skinny products of token-by-token decoding);
+  - `Int8` kernel (`quantize(params)`): per-output-channel symmetric int8 weights; the activations are quantised
+    per row on the fly (symmetric, absmax / 127) and the product is one int8 x int8 -> int32 dot (VNNI / AMX-int8),
+    rescaled by (activation scale x channel scale). Decoding reads a quarter of the f32 weight bytes.
+
+`Int8.scale` has the kernel's rank with size-1 axes except the last (the output channels of every Dense and of
+the attention projections' head_dim axis), so the scale factors out of any contraction over the leading axes.
+Rounding to nearest bounds the error of each output: |y_n - y8_n| <= (sum_k |x_k|) amax(w_:n) / 254
++ amax(x) / 254 (sum_k |w8_kn|) (tests/nn/test_quant.py checks it).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_COMPUTE = contextvars.ContextVar("arjax_compute_dtype", default=None)
+
+
+@flax.struct.dataclass
+class Int8:
+  """A quantised kernel: q int8 [..., N] and scale f32 [1, ..., 1, N]; w ~= q * scale."""
+  q: jax.Array
+  scale: jax.Array
+
+  @property
+  def shape(self):
+    return self.q.shape
+
+  @property
+  def ndim(self):
+    return self.q.ndim
+
+  @property
+  def dtype(self):
+    return self.q.dtype
+
+
+def dtype_of(name) -> jnp.dtype:
+  """'float32' | 'bfloat16' (or a dtype) -> the jnp dtype; anything else is an error naming the option."""
+  if not isinstance(name, str):
+    return jnp.dtype(name)
+  if name not in DTYPES:
+    raise ValueError(f"sample.compute_dtype must be one of {sorted(DTYPES)}, got {name!r}")
+  return DTYPES[name]
+
+
+@contextlib.contextmanager
+def compute(dtype):
+  """Within: `current()` is `dtype` (read at trace time, e.g. by the sampler loop to size KV caches)."""
+  token = _COMPUTE.set(jnp.dtype(dtype))
+  try:
+    yield
+  finally:
+    _COMPUTE.reset(token)
+
+
+def current():
+  """The compute dtype of the enclosing `compute(...)` block (None outside one)."""
+  return _COMPUTE.get()
+
+
+def quantize_kernel(w) -> Int8:
+  """Symmetric int8 with one scale per last-axis channel (absmax / 127 over every other axis)."""
+  w = jnp.asarray(w, jnp.float32)
+  amax = jnp.max(jnp.abs(w), axis=tuple(range(w.ndim - 1)), keepdims=True)
+  scale = jnp.where(amax > 0, amax / 127.0, 1.0)
+  return Int8(q=jnp.clip(jnp.round(w / scale), -127, 127).astype(jnp.int8), scale=scale)
+
+
+def _is_kernel(path, leaf, min_size) -> bool:
+  name = getattr(path[-1], "key", None) if path else None
+  return name == "kernel" and getattr(leaf, "ndim", 0) >= 2 and leaf.size >= min_size and jnp.issubdtype(
+      leaf.dtype, jnp.floating)
+
+
+def quantize(params, *, min_size: int = 4096, dtype=jnp.bfloat16):
+  """Every Dense kernel with >= min_size entries -> Int8; other float leaves cast to `dtype` (None keeps them)."""
+
+  def one(path, leaf):
+    if _is_kernel(path, leaf, min_size):
+      return quantize_kernel(leaf)
+    return leaf if dtype is None else _cast_leaf(leaf, dtype)
+
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def dequantize(params, dtype=jnp.float32):
+  """Int8 kernels back to `dtype` (q * scale); other leaves unchanged."""
+  return jax.tree.map(lambda x: (x.q.astype(jnp.float32) * x.scale).astype(dtype) if isinstance(x, Int8) else x,
+                      params, is_leaf=lambda x: isinstance(x, Int8))
+
+
+def _cast_leaf(x, dtype):
+  return x.astype(dtype) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
+def cast(params, dtype):
+  """Float leaves -> dtype (Int8 kernels kept)."""
+  return jax.tree.map(lambda x: x if isinstance(x, Int8) else _cast_leaf(x, dtype), params,
+                      is_leaf=lambda x: isinstance(x, Int8))
+
+
+def for_inference(params, compute_dtype, int8: bool):
+  """The params a sampler runs on: int8 kernels (+ the rest in compute_dtype), or everything in compute_dtype."""
+  dtype = dtype_of(compute_dtype)
+  return quantize(params, dtype=dtype) if int8 else cast(params, dtype)
+
+
+def weight_bytes(params) -> int:
+  """Bytes the params occupy (an Int8 kernel counts its int8 values and its scales)."""
+  leaves = jax.tree.leaves(params)
+  return int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in leaves))
+
+
+def promote_dtype(x, kernel, *rest, dtype=None, inexact=True):
+  """flax's promote_dtype for (inputs, kernel, bias), except that Int8 and bf16 kernels pass through untouched
+  (`dot_general` casts the inputs itself)."""
+  if dtype is None and (isinstance(kernel, Int8) or kernel.dtype == jnp.bfloat16):
+    return (x, kernel, *rest)
+  return nn.dtypes.promote_dtype(x, kernel, *rest, dtype=dtype, inexact=inexact)
+
+
+def _int8_dot(lhs, rhs: Int8, dimension_numbers):
+  (lc, rc), (lb, rb) = dimension_numbers
+  if lb or rb:
+    raise ValueError("int8 kernels take no batch dimensions")
+  if any(rhs.scale.shape[a] != 1 for a in rc):
+    raise ValueError(f"int8 kernel scale {rhs.scale.shape} varies along contracted axes {rc}")
+  x = lhs.astype(jnp.float32)
+  amax = jnp.max(jnp.abs(x), axis=tuple(lc), keepdims=True)
+  x_scale = jnp.where(amax > 0, amax / 127.0, 1.0)
+  xq = jnp.clip(jnp.round(x / x_scale), -127, 127).astype(jnp.int8)
+  acc = jax.lax.dot_general(xq, rhs.q, dimension_numbers, preferred_element_type=jnp.int32)
+  free_lhs = [a for a in range(lhs.ndim) if a not in lc]
+  free_rhs = [a for a in range(rhs.ndim) if a not in rc]
+  x_s = x_scale.reshape([lhs.shape[a] for a in free_lhs] + [1] * len(free_rhs))
+  w_s = rhs.scale.reshape([rhs.scale.shape[a] for a in free_rhs])
+  return acc.astype(jnp.float32) * x_s * w_s
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """lax.dot_general for Dense layers: Int8 kernels -> int8 dot; bf16 kernels -> bf16 operands, f32 result."""
+  if isinstance(rhs, Int8):
+    return _int8_dot(lhs, rhs, dimension_numbers)
+  if rhs.dtype == jnp.bfloat16:
+    return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=jnp.float32)
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=preferred_element_type)

@@ -1,0 +1,71 @@
+"""arjax.nn.quant: bf16 and int8 kernels through layers.Dense / DenseGeneral against the f32 layer."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arjax.nn import layers
+from arjax.nn import quant
+
+
+class Proj(nn.Module):
+  """Dense -> q/k/v-style DenseGeneral (heads, head_dim) -> o-style DenseGeneral over (heads, head_dim)."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = layers.Dense(64, name="fc")(x)
+    q = layers.DenseGeneral((4, 16), name="q")(h)
+    return layers.DenseGeneral(32, axis=(-2, -1), name="o")(q)
+
+
+def _setup():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 32))
+  params = Proj().init(jax.random.PRNGKey(1), x)["params"]
+  return x, params
+
+
+def test_int8_dense_within_rounding_bound():
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 48)) * jnp.linspace(0.1, 3.0, 48)
+  w = jax.random.normal(jax.random.PRNGKey(1), (48, 40)) * jnp.linspace(0.01, 1.0, 40)
+  y = np.asarray(x @ w, np.float64)
+  y8 = np.asarray(layers.Dense(40, use_bias=False).apply({"params": {"kernel": quant.quantize_kernel(w)}}, x))
+  xw, ww = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  w8 = np.asarray(quant.dequantize({"k": quant.quantize_kernel(w)})["k"], np.float64)
+  bound = (np.abs(xw).sum(1, keepdims=True) * np.abs(ww).max(0, keepdims=True) / 254
+           + np.abs(xw).max(1, keepdims=True) / 254 * np.abs(w8).sum(0, keepdims=True))
+  err = np.abs(y - y8)
+  assert np.all(err <= bound + 1e-4), (err / bound).max()
+  assert err.max() > 0  # it is really quantised
+  assert np.abs(y - y8).max() < 0.05 * np.abs(y).max()
+
+
+def test_quantize_keeps_small_leaves_and_counts_bytes():
+  x, params = _setup()
+  q = quant.quantize(params, min_size=1000)  # fc (32x64) and q/o (64x64) kernels; biases stay (bf16)
+  assert isinstance(q["fc"]["kernel"], quant.Int8) and q["fc"]["bias"].dtype == jnp.bfloat16
+  assert q["q"]["kernel"].scale.shape == (1, 1, 16) and q["o"]["kernel"].scale.shape == (1, 1, 32)
+  kernels = sum(params[n]["kernel"].size for n in ("fc", "q", "o"))
+  biases = sum(params[n]["bias"].size for n in ("fc", "q", "o"))
+  scales = 64 + 16 + 32
+  assert quant.weight_bytes(params) == 4 * (kernels + biases)
+  assert quant.weight_bytes(q) == kernels + 2 * biases + 4 * scales
+
+
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+def test_dense_general_paths_match_f32(mode):
+  x, params = _setup()
+  y = Proj().apply({"params": params}, x)
+  p = quant.for_inference(params, "bfloat16", int8=mode == "int8")
+  y2 = jax.jit(lambda p, x: Proj().apply({"params": p}, x))(p, x)
+  assert y2.dtype == jnp.float32  # f32 accumulation and output
+  rel = float(jnp.abs(y - y2).max() / jnp.abs(y).max())
+  assert 1e-5 < rel < (0.02 if mode == "bf16" else 0.05), rel
+
+
+def test_errors_name_the_problem():
+  with pytest.raises(ValueError, match="compute_dtype"):
+    quant.dtype_of("float16x")
+  bad = quant.Int8(q=jnp.ones((4, 3), jnp.int8), scale=jnp.ones((4, 3)))  # a scale along the contracted axis
+  with pytest.raises(ValueError, match="contracted"):
+    quant.dot_general(jnp.ones((2, 4)), bad, (((1,), (0,)), ((), ())))
