@@ -8,8 +8,12 @@ for CFG, KV-cached sampling with temperature / top-k / top-p / CFG.
   python -m arjax.main --config configs/shapes/next_token.py:smoke --workdir /tmp/nt
   python -m arjax.main --config configs/shapes/next_token.py:caption --workdir runs/nt_caption \
       --config.tokenizer.workdir=runs/vq
+  python -m arjax.main --config configs/shapes/next_token.py:drafter --workdir runs/speculative_drafter \
+      --config.tokenizer.workdir=runs/vq
 Presets: (none) demo size; `smoke` tiny, a few steps, untrained tokenizer; `caption` conditions on the
-caption bytes (the Conditioner's caption encoder) and judges caption attributes; they combine (`smoke,caption`).
+caption bytes (the Conditioner's caption encoder) and judges caption attributes; `drafter` a ~14x smaller model
+on the same VQ tokens, the draft model of speculative decoding (docs/speculative.md); they combine
+(`smoke,caption`, `drafter,smoke`).
 """
 import os
 
@@ -21,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, smoke=False, caption=False)
+  arg = parse_arg(arg, smoke=False, caption=False, drafter=False)
   c = base_config()
   c.tokenizer = ml_collections.ConfigDict(dict(config=os.path.join(HERE, "vq.py"), workdir="", ema=False))
   c.model = dict(name="next_token", num_classes=8, width=160, label_drop=0.1,
@@ -34,6 +38,9 @@ def get_config(arg=None):
   if arg.caption:  # text-conditional: the caption bytes instead of the class; judged on caption attributes
     c.model.cond = "caption"
     c.evals.judge = dict(type="judge", every=c.train.steps, num_samples=512, cond="caption")
+  if arg.drafter:  # same conditioning and tokens as the demo model; width 48, 2 blocks
+    c.model.width = 48
+    c.model.transformer.update(depth=2, heads=3, kv_heads=3)
   if arg.smoke:
     c.evals = ml_collections.ConfigDict()
     c.tokenizer.config = os.path.join(HERE, "vq.py") + ":smoke"
