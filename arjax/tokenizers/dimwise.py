@@ -3,7 +3,7 @@
 Every latent channel is quantised on its own with the same grid: [x_min, x_max] maps linearly onto
 [-std_range, std_range] (clamped), and a value goes to the nearest of `levels` reconstruction values, the
 truncated-normal means of the bins cut at the standard-normal quantiles linspace(0, 1, levels + 1) (clamped
-to +-std_range). Nothing is trained: the `dimwise` tokenizer wraps a trained VAE (its params are the VAE's,
+to +-std_range; where the clamp squeezes a bin to a point, that point is its value). Nothing is trained: the `dimwise` tokenizer wraps a trained VAE (its params are the VAE's,
 loaded from the VAE's workdir) and `encode` returns the dequantised latents, i.e. values on the grid.
 
 The per-dimension AR head (arjax.heads.dimwise) visits a token's channels in `channel_order`: ascending
