@@ -6,12 +6,13 @@ captions (`tokens='caption'`: no image tokenizer; CaptionBytes maps the 64 capti
 draws sampled captions as images for the trainer's sample grids).
 
 Network: two-stream attention (XLNet) run as ONE transformer over [condition ; content stream (N) ; query stream
-(N)] under ONE ranked mask. With generation ranks r (0 = known), the sequence ranks are -2 for the condition,
-2 r_i for content i and 2 r_i - 1 for query i, and a token sees a key iff key rank <= its rank (`ranked`,
-inclusive). So content i (its token embedding) sees the tokens of rank <= r_i, and query i (a learned vector at
-position i) sees contents of rank < r_i and queries of rank <= r_i, whose information is again only tokens of rank
-< r_i. The query stream's logits at i are p(x_i | {x_j : r_j < r_i}): exactly `assd.sample`'s logits_fn contract,
-for any ranks, ties included (ASSD's draft pass ties every undecoded position).
+(N)] under one composed mask. With generation ranks r (0 = known), the sequence ranks are -2 for the condition,
+2 r_i for content i and 2 r_i - 1 for query i; `ranked(inclusive)` lets a token see keys of rank <= its own, and
+`prefix(1 + N, window_sink(1, 1))` keeps queries out of every key set but their own. So content i (its token
+embedding) sees the condition and the contents of rank <= r_i, and query i (a learned vector at position i) sees
+the condition, itself and the contents of rank < r_i. The query stream's logits at i are a function of
+{(j, x_j) : r_j < r_i} alone: exactly `assd.sample`'s logits_fn contract, for any ranks, ties included (ASSD's
+draft pass ties every undecoded position and must reproduce the oracle's conditional of the next token).
 Why two streams and not one stream with strictly ranked attention: in a single stream, position i must carry x_i
 (for the later positions that condition on it) and must not know x_i (it predicts it). Feeding x_i at i leaks it
 through the residual path; feeding a mask token instead hides x_i from everyone after it. The query stream is the
@@ -111,7 +112,8 @@ class AnyOrderNet(nn.Module):
     pos_L = np.concatenate([np.full((1,) + pos.shape[1:], -1), pos, pos])
     if pos_L.shape[-1] == 1:
       pos_L = pos_L[:, 0]
-    h_BLD, _ = self.transformer(x_BLD, masks.ranked(rank_BL, inclusive=True), positions=pos_L)
+    mask = masks.ranked(rank_BL, inclusive=True) & masks.prefix(1 + n, masks.window_sink(1, 1))
+    h_BLD, _ = self.transformer(x_BLD, mask, positions=pos_L)
     return self.head(h_BLD[:, 1 + n:]).astype(jnp.float32)
 
 
