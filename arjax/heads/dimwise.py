@@ -111,7 +111,8 @@ class DimwiseHead:
       j, key = j_key
       logits_NV, cache = apply(DimwiseNet.step, c_NW, x_N1W, j, cache)
       tok_N = logits_lib.draw(key, logits_NV.astype(jnp.float32), temperature=temperature)
-      x_N1W = apply(DimwiseNet.embed_token, jnp.minimum(j, last - 1), tok_N)[:, None]  # unused after the last
+      x_N1W = apply(DimwiseNet.embed_token, jnp.minimum(j, last - 1), tok_N)[:, None].astype(c_NW.dtype)  # unused
+      # after the last channel; the cast keeps the carry's dtype where params are cast for inference (bf16)
       return (x_N1W, cache), (tok_N, logits_NV.astype(jnp.float32))
 
     carry = (c_NW[:, None], self.tcfg.init_cache(n, self.token_dim, c_NW.dtype))
