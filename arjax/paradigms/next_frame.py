@@ -1,7 +1,7 @@
 """Frame-level AR video (LongLive): a short window + frame sink, a streaming API with KV re-cache on a prompt
 switch, streaming long tuning, INT8 weight-only inference.
 
-A frame (the tokenizer's h*w latent tokens) is the AR unit. Each frame is denoised jointly, ACDiT-style inside
+A frame (the tokenizer's h*w latents, in patch x patch tokens; a VQ's code vectors, see CodeTokens) is the AR unit. Each frame is denoised jointly, ACDiT-style inside
 the transformer (block_diffusion's linear flow path, t=0 noise, t=1 data, v-prediction): its noised tokens
 attend to each other and to the cached clean frames; after the frame is solved, the clean frame runs once more at
 t = 1 (LongLive's context update, its t = 0) to write its keys/values. Frame f attends to the sink frames
@@ -34,17 +34,20 @@ from arjax import cache as cache_lib
 from arjax import config as config_lib
 from arjax import masks
 from arjax.nn import layers
+from arjax.nn import quant
 from arjax.nn import rope
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.paradigms import block_diffusion, latent
 from arjax.sampling import guidance, loop, ode
+from arjax.tokenizers import vq as vq_lib
 
 KEYS = ("width", "patch", "window", "sink", "frames", "flow", "transformer", "train_mode", "long")
 LONG_KEYS = ("self_prob", "self_t")
 TRAIN_MODES = ("frame_ar", "long")
 UNBOUNDED = 1 << 30  # the ring's nominal length (token indices are int32)
-# stream / sample options beyond guidance.DEFAULTS (None: the config's value); frames: sample()'s clip length
-STREAM_OPTIONS = dict(steps=None, solver=None, int8=False, full=False, max_frames=0, frames=None)
+# stream / sample options beyond guidance.DEFAULTS and loop.PRECISION (compute_dtype, int8) (None: the config's
+# value); full: frame-causal attention over a contiguous cache of max_frames; frames: sample()'s clip length
+STREAM_OPTIONS = dict(steps=None, solver=None, full=False, max_frames=0, frames=None)
 SWITCH_MODES = ("recache", "keep", "reset")
 
 
@@ -67,6 +70,23 @@ class FrameNet(nn.Module):
     return v.astype(jnp.float32), cache
 
 
+class CodeTokens:
+  """A VQ tokenizer seen as continuous: its unit code vectors (x sqrt(code_dim): unit variance per dim) in; out, the
+  image of the nearest code of each token."""
+  kind = "continuous"
+
+  def __init__(self, vq):
+    self.vq, self.grid, self.latent_dim = vq, vq.grid, vq.net.code_dim
+
+  def encode(self, params, images_BHW3):
+    codes = self.vq._apply(params, vq_lib.VQNet.lookup, self.vq.encode(params, images_BHW3))
+    return codes * np.sqrt(self.latent_dim)
+
+  def decode(self, params, z_BhwD):
+    idx = vq_lib.nearest_code(z_BhwD.reshape(-1, self.latent_dim), params["codebook"])
+    return self.vq.decode(params, idx.reshape(z_BhwD.shape[:-1]))
+
+
 def ring_slot(frame, sink: int, window: int):
   """Slot of a frame in a sink + window ring of frames (the cache's rule, counted in frames)."""
   return jnp.where(frame < sink, frame, sink + (frame - sink) % window)
@@ -76,6 +96,8 @@ class NextFrame(latent.LatentParadigm):
   """LongLive-style frame AR over per-frame VAE latents (an arjax.interfaces.Paradigm with `stream`)."""
 
   def __init__(self, cfg, tokenizer, tokenizer_params):
+    if tokenizer.kind == "discrete":  # a VQ: denoise its code vectors, decode the nearest codes
+      tokenizer = CodeTokens(tokenizer)
     super().__init__(cfg, tokenizer, tokenizer_params, KEYS)
     block_diffusion.check_flow(cfg)
     config_lib.check_keys(cfg.long, LONG_KEYS, "model.long")
@@ -118,9 +140,12 @@ class NextFrame(latent.LatentParadigm):
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
       raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if not isinstance(labels, jax.core.Tracer) and labels.size and (labels.min() < 0 or
-                                                                     labels.max() > self.num_classes):
-      raise ValueError(f"label out of range: got values in [{int(labels.min())}, {int(labels.max())}], expected "
+    try:
+      values = np.asarray(labels)
+    except jax.errors.TracerArrayConversionError:  # traced (inside jit): checked where it is concrete
+      values = np.zeros(0)
+    if values.size and (values.min() < 0 or values.max() > self.num_classes):
+      raise ValueError(f"label out of range: got values in [{int(values.min())}, {int(values.max())}], expected "
                        f"0 .. {self.num_classes - 1} (or {self.num_classes}, the null prompt)")
     return labels.astype(jnp.int32)
 
@@ -213,13 +238,15 @@ class NextFrame(latent.LatentParadigm):
     """The cache with its next sequence index at frame k (every row)."""
     return cache.replace(end_B=jnp.full_like(cache.end_B, k * self.tpf))
 
-  def empty_state(self, rows: int, full_frames: int = 0):
-    """A stream state of `rows` rows: the ring (sink + window frames), or a contiguous cache of full_frames."""
+  def empty_state(self, rows: int, full_frames: int = 0, dtype=None):
+    """A stream state of `rows` rows: the ring (sink + window frames), or a contiguous cache of full_frames; the
+    cache in `dtype` (default: the compute dtype of an enclosing quant.compute, else f32)."""
+    dtype = dtype or quant.current() or jnp.float32
     if full_frames:
-      cache = self.tcfg.init_cache(rows, full_frames * self.tpf)
+      cache = self.tcfg.init_cache(rows, full_frames * self.tpf, dtype)
       kept = full_frames
     else:
-      cache = self.tcfg.init_cache(rows, UNBOUNDED, window=self.window * self.tpf, sink=self.sink * self.tpf)
+      cache = self.tcfg.init_cache(rows, UNBOUNDED, dtype, window=self.window * self.tpf, sink=self.sink * self.tpf)
       kept = self.sink + self.window
     return StreamState(cache=cache, kept=jnp.zeros((rows, kept, self.tpf, self.token_dim)),
                        labels_B=jnp.full((rows,), self.num_classes, jnp.int32))
@@ -286,8 +313,8 @@ class NextFrame(latent.LatentParadigm):
   @loop.sampler(STREAM_OPTIONS)
   def sample(self, params, cond, rng, opts):
     """The last frame [B, H, W, 3] in [-1, 1] of a stream of opts.frames (default model.frames) frames."""
-    if opts["full"] or opts["int8"]:
-      raise ValueError("sample() streams over the ring in f32; use stream(..., full=True / int8=True)")
+    if opts["full"]:
+      raise ValueError("sample() streams over the ring; use stream(..., full=True, max_frames=N)")
     labels_B = self.check_labels(self.conditioner.get(cond))
     rows = rows_for(labels_B, self.num_classes, opts)
     state = self.empty_state(rows.shape[0]).replace(labels_B=rows)
@@ -330,13 +357,11 @@ class Stream:
     if opts["full"] and opts["max_frames"] < 1:
       raise ValueError("full=True (frame-causal attention over a contiguous cache) needs max_frames >= 1")
     self.model, self.opts, self.rng, self.frame = model, opts, rng, 0
-    self.weight_bytes_f32 = weight_bytes(params)
-    if opts["int8"]:
-      from arjax.nn import quant
-      params = quant.quantize(params)
-    self.params, self.weight_bytes = params, weight_bytes(params)
+    dtype = quant.dtype_of(opts["compute_dtype"])
+    self.params = quant.for_inference(params, dtype, opts["int8"])  # quantised once
+    self.weight_bytes = quant.weight_bytes(self.params)
     self.state = model.empty_state(2 * labels.shape[0] if opts["cfg_scale"] != 1.0 else labels.shape[0],
-                                   opts["max_frames"] if opts["full"] else 0)
+                                   opts["max_frames"] if opts["full"] else 0, dtype)
     self.state = self.state.replace(labels_B=rows_for(labels, model.num_classes, opts))
     statics = tuple(sorted((k, v) for k, v in opts.items() if k != "temperature"))
     self._step = jax.jit(functools.partial(_step, model, statics), donate_argnums=(1,))
@@ -389,7 +414,3 @@ def _step(model, statics, params, state, k, rng, temperature):
 def _recache(model, statics, params, state, labels, k):
   return model.recache(params, state, labels, k, model.stream_mask(dict(statics)))
 
-
-def weight_bytes(params) -> int:
-  """Bytes of a parameter pytree (int8 kernels count 1 byte per weight, plus their scales)."""
-  return int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(params)))
