@@ -38,8 +38,9 @@ def make(seed, width=16, codebook=None):
 def guided_conditionals(model, params, tokens_BN):
   """Guided target probabilities [B, N, V] by teacher forcing (no cache): the independent reference."""
   b = tokens_BN.shape[0]
-  cond = model.logits(params, {"label": jnp.full((b,), LABEL)}, tokens_BN)
-  uncond = model.logits(params, {"label": jnp.full((b,), model.num_classes)}, tokens_BN)
+  logits = jax.jit(model.logits)
+  cond = logits(params, {"label": jnp.full((b,), LABEL)}, tokens_BN)
+  uncond = logits(params, {"label": jnp.full((b,), model.num_classes)}, tokens_BN)
   return np.asarray(jax.nn.softmax(uncond + CFG * (cond - uncond), axis=-1), np.float64)
 
 
@@ -80,10 +81,10 @@ def test_lossless_chi_square_against_enumerated_joint(toy, decoding, monkeypatch
   if decoding == "accept_every_draft":  # negative control (a fresh model instance forces a retrace)
     model = NextToken(model.cfg, model.tokenizer, None)
     monkeypatch.setattr(speculative.assd, "accept_prob", lambda target, q: jnp.ones_like(target))
-  # greedy speculative decoding is greedy plain decoding (temperature is traced: same compiled sampler)
-  greedy, _ = decode(model, params, jax.random.PRNGKey(1), 4, temperature=0.0, **opts)
-  plain, _ = decode(model, params, jax.random.PRNGKey(1), 4, temperature=0.0)
   if decoding != "accept_every_draft":
+    # greedy speculative decoding is greedy plain decoding (temperature is traced: the same compiled samplers)
+    greedy, _ = decode(model, params, jax.random.PRNGKey(1), SAMPLES, temperature=0.0, **opts)
+    plain, _ = decode(model, params, jax.random.PRNGKey(1), SAMPLES, temperature=0.0)
     np.testing.assert_array_equal(greedy, plain)
   tokens, st = decode(model, params, jax.random.PRNGKey(2), SAMPLES, **opts)
   p = chi2_pvalue(tokens, seqs, joint)
@@ -182,22 +183,23 @@ def test_rollback_equals_cache_of_the_accepted_prefix(toy):
   model, params, _, _ = toy
   labels, keep = jnp.array([0, 1, 0]), np.array([1, 3, 2])  # accepted inputs per row
   seq = jnp.array([[2, 0, 1, 1], [1, 1, 0, 2], [0, 2, 2, 1]])  # input i > 0 feeds token i - 1
-  net = model.window_net({"label": labels})
+  forward = lambda cond: jax.jit(model.window_net(cond).forward)
+  net = forward({"label": labels})
   zeros = jnp.zeros((3,), jnp.int32)
   empty = model.tcfg.init_cache(3, N + 4).replace(aligned=False)
-  _, spec = net.forward(params, empty, jnp.concatenate([zeros[:, None], seq[:, :3]], 1), zeros)
+  _, spec = net(params, empty, jnp.concatenate([zeros[:, None], seq[:, :3]], 1), zeros)
   spec = cache_lib.truncate(spec, jnp.asarray(keep))
   nxt = seq[np.arange(3), keep - 1][:, None]
-  out_spec, _ = net.forward(params, spec, jnp.concatenate([nxt, nxt], 1), jnp.asarray(keep))
+  out_spec, _ = net(params, spec, jnp.concatenate([nxt, nxt], 1), jnp.asarray(keep))
   for b in range(3):
-    one = model.window_net({"label": labels[b:b + 1]})
+    one = forward({"label": labels[b:b + 1]})
     prefix = jnp.concatenate([jnp.zeros((1, 1), jnp.int32), seq[b:b + 1, :keep[b] - 1]], 1)
-    _, ref = one.forward(params, model.tcfg.init_cache(1, N + 4), prefix, jnp.zeros((1,), jnp.int32))  # aligned
+    _, ref = one(params, model.tcfg.init_cache(1, N + 4), prefix, jnp.zeros((1,), jnp.int32))  # aligned
     assert int(spec.end_B[b]) == int(ref.end_B[0]) == keep[b]
     np.testing.assert_array_equal(np.asarray(spec.pos_BS[b]), np.asarray(ref.pos_BS[0]))
     for a, r in zip(spec.k + spec.v, ref.k + ref.v):
       np.testing.assert_allclose(np.asarray(a[b, :keep[b]]), np.asarray(r[0, :keep[b]]), atol=1e-5)
-    out_ref, _ = one.forward(params, ref.replace(aligned=False), jnp.concatenate([nxt[b:b + 1]] * 2, 1),
+    out_ref, _ = one(params, ref.replace(aligned=False), jnp.concatenate([nxt[b:b + 1]] * 2, 1),
                              jnp.asarray([keep[b]]))
     np.testing.assert_allclose(np.asarray(out_spec[b]), np.asarray(out_ref[0]), atol=1e-5)
 
