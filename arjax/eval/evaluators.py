@@ -6,8 +6,8 @@
 Types: 'judge' (class accuracy of class-conditional samples, or caption-attribute accuracy with
 cond='caption'), 'fid' / 'is' / 'pr' (Fréchet distance, Inception Score, precision/recall on the features of
 a FeatureNet; `metrics` may list several to share one set of samples), 'bpd' (bits per dimension of the
-`split` images from the paradigm's `nll`). Each has `.name`, `.every` and `.run(params, rng, step) ->
-dict[str, float]`. Sample i is conditioned on label i % num_classes (or on caption i of `split`) and drawn in
+`split` images from the paradigm's `nll`), 'video_judge' (streamed videos: arjax.eval.video). Each has `.name`,
+`.every` and `.run(params, rng, step) -> dict[str, float]`. Sample i is conditioned on label i % num_classes (or on caption i of `split`) and drawn in
 batch i // batch_size from fold_in(rng, batch), by exactly one process (see arjax.eval.distributed); all
 processes must call `run` and all get the same result.
 """
@@ -35,6 +35,7 @@ DEFAULTS = {
     "is": dict(COMMON, **SAMPLING, **FEATURES),
     "pr": dict(COMMON, **SAMPLING, **FEATURES),
     "bpd": dict(COMMON),
+    "video_judge": dict(COMMON, **SAMPLING, weights="", frames=32, switch_at=16, after=4),
 }
 DEFAULT_JUDGE_PATH = os.path.expanduser("~/.cache/arjax/shapes_judge.npz")
 
@@ -244,7 +245,14 @@ class BpdEval(Evaluator):
     return dict(bpd=metrics.bits_per_dim(np.sum(out["nll"], dtype=np.float64), int(out["dims"].sum())))
 
 
-TYPES = {"judge": JudgeEval, "fid": FeatureEval, "is": FeatureEval, "pr": FeatureEval, "bpd": BpdEval}
+def _video_judge(*args):
+  """'video_judge' (arjax.eval.video, imported here: it builds on Evaluator)."""
+  from arjax.eval import video
+  return video.VideoJudgeEval(*args)
+
+
+TYPES = {"judge": JudgeEval, "fid": FeatureEval, "is": FeatureEval, "pr": FeatureEval, "bpd": BpdEval,
+         "video_judge": _video_judge}
 
 
 def build_evaluators(evals_cfg, model, workdir: str, data_cfg=None, sample_cfg=None) -> list:
