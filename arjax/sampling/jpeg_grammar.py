@@ -218,7 +218,7 @@ class Grammar:
     b = st.phase.shape[0]
     s_BC = self._run_byte(jnp.broadcast_to(st.s[:, None], (b, 256)), jnp.asarray(BITS_C8)[None])
     ff_C = jnp.arange(256) == 0xFF
-    tail_BC = jnp.where(s_BC == DONE, ff_C, jnp.asarray(self.u_S)[s_BC])
+    tail_BC = ff_C + jnp.where(s_BC == DONE, 0, jnp.asarray(self.u_S)[s_BC])  # a 0xFF byte brings its 0x00
     cost_BC = 1 + tail_BC + self._rest(st.m)[:, None]
     ecs_BC = (s_BC != INVALID) & (cost_BC <= self.max_len + 1 - t)
     marker = jnp.where(st.m == self.n_mcu - 1, jpeg.EOI, 0xD0 + st.m % 8)

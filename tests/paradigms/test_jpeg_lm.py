@@ -31,6 +31,15 @@ def model():
   return registry.build_model(_cfg())
 
 
+def _random_params(model, seed=0):
+  """Init params with the zero-initialised leaves (the output head) drawn too, so random logits are not flat."""
+  params = model.init(jax.random.PRNGKey(seed), None)
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  return jax.tree.unflatten(tree, [x + 0.5 * jax.random.normal(k, x.shape) if not np.any(x) else x
+                                   for x, k in zip(leaves, keys)])
+
+
 def _real(n=6, size=32):
   src = shapes.ShapesSource("test", n, size)
   return [jpeg.encode(src[i]["image"]) for i in range(n)]
@@ -86,22 +95,25 @@ def test_the_automaton_agrees_with_the_reference_validator_on_corrupted_files():
 
 
 def test_random_walks_of_the_automaton_always_decode():
-  """Uniform draws among the allowed tokens: every row ends within max_len and passes both checks."""
-  g = G.grammar(32, 32, 25, 128)
+  """Random draws among the allowed tokens (random logits, 0xFF favoured: stuffing must fit the budget), under a
+  tight budget: every row ends at EOS within max_len and passes both the reference validator and Pillow."""
+  g = G.grammar(32, 32, 25, 100)
 
   @jax.jit
   def walk(rng):
     def body(carry, t):
       st, rng = carry
-      rng, key = jax.random.split(rng)
-      tok = jax.random.categorical(key, jnp.where(g.mask(st, t), 0.0, -1e30))
+      rng, k1, k2 = jax.random.split(rng, 3)
+      logits = 2.0 * jax.random.normal(k1, (256, G.VOCAB)) + 3.0 * (jnp.arange(G.VOCAB) == 0xFF)
+      tok = jax.random.categorical(k2, jnp.where(g.mask(st, t), logits, -1e30))
       return (g.advance(st, tok), rng), tok
-    return jax.lax.scan(body, (g.init(32), rng), jnp.arange(129))[1].T
+    return jax.lax.scan(body, (g.init(256), rng), jnp.arange(101))[1].T
 
   for row in np.asarray(walk(jax.random.PRNGKey(0))):
-    end = int(np.flatnonzero(row == G.EOS)[0])
-    data = jpeg.to_file(row[:end].astype(np.uint8))
-    assert end <= 128 and G.check(data, 32, 32) is None and _pillow_decodes(data)
+    ends = np.flatnonzero(row == G.EOS)
+    assert len(ends), "a row did not end within max_len"
+    data = jpeg.to_file(row[:ends[0]].astype(np.uint8))
+    assert G.check(data, 32, 32) is None and _pillow_decodes(data)
 
 
 def test_reference_validator_flags_broken_streams():
@@ -134,7 +146,7 @@ def test_init_preprocess_and_loss(model):
 
 
 def test_random_weight_samples_decode_and_prefixes_are_kept(model):
-  params = model.init(jax.random.PRNGKey(0), None)
+  params = _random_params(model)
   real = _real(4)
   prompts = [jpeg_lm.prefix(t, n) for t, n in zip(real, range(4))]
   assert len(prompts[0]) == len(G.grammar(32, 32, 25, MAX_LEN).header)
@@ -154,11 +166,15 @@ def test_random_weight_samples_decode_and_prefixes_are_kept(model):
     allowed = _scan(g, tokens[b, 1:n + 1])[0]
     start = cond["prompt_len"][b]
     masked = np.where(allowed[start - 1:n], logits[b, start:n + 1, :G.VOCAB], -np.inf)
-    np.testing.assert_array_equal(masked.argmax(-1), tokens[b, start:n + 1])
+    chosen = np.take_along_axis(masked, tokens[b, start:n + 1, None], -1)[:, 0]
+    # the sampler may run in bf16: its pick is the f32 argmax or within bf16 rounding of it
+    top = masked.max(-1)
+    assert np.all(chosen >= top - 0.05 * (1 + np.abs(top)))
+    assert np.mean(masked.argmax(-1) == tokens[b, start:n + 1]) > 0.8
 
 
 def test_sample_returns_images_in_range(model):
-  params = model.init(jax.random.PRNGKey(0), None)
+  params = _random_params(model, seed=3)
   images = np.asarray(model.sample(params, {"label": jnp.arange(2)}, jax.random.PRNGKey(0), cfg_scale=2.0))
   assert images.shape == (2, 32, 32, 3) and images.min() >= -1 and images.max() <= 1 and images.std() > 0
 
