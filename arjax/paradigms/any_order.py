@@ -127,7 +127,7 @@ class AnyOrder(base.Paradigm):
     if self.source == "caption":
       tokenizer, tokenizer_params = CaptionBytes(render_size=cfg.get("render_size", 96)), None
     elif tokenizer is None:
-      raise ValueError("model.tokens='image' needs a frozen tokenizer: set config.tokenizer (e.g. configs/shapes/vq.py)")
+      raise ValueError("model.tokens='image' needs a frozen tokenizer: set config.tokenizer (configs/shapes/vq.py)")
     super().__init__(cfg, tokenizer, tokenizer_params, KEYS)
     self.num_tokens = int(np.prod(self.grid))
     pos = cfg.transformer.get("pos", "rope1d")
