@@ -1,51 +1,166 @@
-"""Markdown table of trained `shapes` runs: paradigm, head/solver steps, passes, steps, judge accuracy.
+"""The README's paradigm table on `shapes`, regenerated from run directories (one row per run).
 
-  python scripts/paradigm_table.py [--vae runs/vae] runs/mar runs/acdit runs/flowar runs/xar
+  python scripts/paradigm_table.py --measure runs/nt runs/var runs/mar runs/acdit runs/flowar runs/xar_cell
+  python scripts/paradigm_table.py --runs runs              # every paradigm run under runs/ (tokenizers skipped)
+  python scripts/paradigm_table.py --vae runs/vae runs/mar  # plus the KL-VAE's reconstruction PSNR first
 
-With --vae, first prints the tokenizer's reconstruction PSNR on 512 held-out `shapes` images. Reads <workdir>/config.json and metrics.jsonl (written by arjax.main; the judge accuracy is the
-last 'judge/accuracy' logged, i.e. config.evals.judge at the end of training).
+A run directory is what `python -m arjax.main --workdir DIR` leaves: config.json, metrics.jsonl, checkpoints/.
+Columns: judge class accuracy and judge-space FID (Fréchet distance of the shapes judge's pooled features, samples vs
+held-out real images), sampling time per image, NFE (network evaluations per image), training time (train steps over
+the logged steps/s: compile and evals excluded) and the exact command (DIR/command.txt, which
+scripts/shapes_continuous.sh writes; else rebuilt from config.json). With --measure, runs without DIR/table.json are
+sampled (--num_samples images, the run's config.sample options, EMA params) and judged, and table.json is written;
+without it, a run's judge accuracy is the last 'judge/accuracy' it logged and FID / sampling time are '-'.
+New paradigms (TokenBridge, JPEG-LM, any-order, next-frame, ...) add a row as soon as their run directory exists.
 """
+from __future__ import annotations
+
+import argparse
 import json
 import os
-import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = {"next_token": "next-token", "next_scale": "VAR", "masked_ar": "MAR", "block_diffusion": "ACDiT",
+         "scale_flow": "FlowAR", "next_x": "xAR", "any_order": "any-order (AS-ARM)", "jpeg_lm": "JPEG-LM",
+         "next_frame": "next-frame (video)", "interleaved": "Orthus (interleaved)"}
+ORDER = list(NAMES)
+CONFIG_FILES = {"next_token": "next_token.py", "next_scale": "var.py", "masked_ar": "mar.py",  # configs/shapes/<file>
+                "block_diffusion": "acdit.py", "scale_flow": "flowar.py", "next_x": "xar.py"}
+HEADER = ("| paradigm | run | judge acc | judge FID | sampling s/img | NFE / image | train steps | train time | "
+          "command |\n|---|---|---|---|---|---|---|---|---|")
 
 
-def head_steps(model: dict) -> str:
-  """The per-token head's (or the per-entity ODE's) solver steps, with DiSA annealing if on."""
-  h = model.get("head") or model.get("flow")
-  if not h:
+def read_run(workdir: str) -> dict:
+  """config.json, metrics.jsonl and (if present) table.json / command.txt of a run directory."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    cfg = json.load(f)
+  lines = []
+  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      lines = [json.loads(l) for l in f if l.strip()]
+  extra = {}
+  for name in ("table.json", "command.txt"):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        extra[name] = json.load(f) if name.endswith(".json") else f.read().strip()
+  return dict(cfg=cfg, metrics=lines, **extra)
+
+
+def display_name(cfg: dict) -> str:
+  model = cfg["model"]
+  tok = os.path.basename((cfg.get("tokenizer") or {}).get("config", ""))
+  if tok.startswith("dimwise"):
+    return "TokenBridge"
+  name = NAMES.get(model["name"], model["name"])
+  if model["name"] == "next_x":
+    return f"{name} ({model['entity']})"
+  if model["name"] == "masked_ar":
+    return f"{name} ({model['head']['kind']} head)"
+  return name
+
+
+def head_steps(h: dict) -> str:
+  """A head's (or a per-entity ODE's) network evaluations per solve: Heun counts twice, DiSA annealing as a range."""
+  mul = 2 if h.get("solver") == "heun" and h.get("kind", "flow") == "flow" else 1
+  if h.get("steps_end", 0) > 0:
+    return f"{h['steps'] * mul}->{h['steps_end'] * mul}"
+  return str(h["steps"] * mul)
+
+
+def nfe(cfg: dict, units) -> str:
+  """Network evaluations per image. Transformer passes (one per AR unit), plus per-token head solver steps per pass
+  ('head'; batched over the unit's tokens); an entity paradigm's transformer is its denoiser, so its passes are
+  units x solver steps (+ one pass per entity writing it, clean, into the KV cache). CFG doubles each pass's batch,
+  not the count. `units`: AR units per image (table.json), or None."""
+  m = cfg["model"]
+  if m["name"] == "masked_ar":
+    return f"{m['num_iter']} + {m['num_iter']}x{head_steps(m['head'])} head"
+  if m["name"] == "scale_flow":
+    return f"{len(m['scales'])} + {len(m['scales'])}x{head_steps(m['head'])} head"
+  if units is None:
     return "-"
-  kind = h.get("kind", "flow")
-  steps = f"{h['steps']}->{h['steps_end']}" if h.get("steps_end", 0) > 0 else str(h["steps"])
-  return f"{kind} {steps} ({h.get('solver', 'ddpm') if kind == 'flow' else 'ddpm'})"
+  if m["name"] in ("block_diffusion", "next_x"):
+    return f"{units}x{head_steps(m['flow'])} + {units - 1}"
+  return str(units)
 
 
-def passes(model: dict) -> str:
-  """Transformer passes per image at sampling."""
-  name = model["name"]
-  if name == "masked_ar":
-    return str(model["num_iter"])
-  if name == "scale_flow":
-    return str(len(model["scales"]))
-  if name == "next_x":
-    return {"scale": str(len(model["scales"])), "image": "1"}.get(model["entity"], f"{model['entity']} entities")
-  if name == "block_diffusion":
-    return f"64/{model['block_size']} blocks"
-  return "-"
+def command(run: dict, workdir: str) -> str:
+  if "command.txt" in run:
+    return run["command.txt"]
+  cfg = run["cfg"]
+  file = CONFIG_FILES.get(cfg["model"]["name"], f"{cfg['model']['name']}.py")
+  tok = (cfg.get("tokenizer") or {}).get("workdir")
+  return (f"python -m arjax.main --config configs/shapes/{file} --workdir {workdir}"
+          + (f" --config.tokenizer.workdir={tok}" if tok else "") + "  (rebuilt from config.json; overrides not shown)")
+
+
+def train_time(metrics: list) -> tuple[int, str]:
+  logged = [l for l in metrics if "steps_per_s" in l]
+  if not logged:
+    return 0, "-"
+  last = logged[-1]
+  return last["step"], f"{last['step'] / last['steps_per_s'] / 60:.1f} min"
 
 
 def row(workdir: str) -> str:
-  cfg = json.load(open(os.path.join(workdir, "config.json")))
-  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  last = [l for l in lines if "loss" in l][-1]
-  acc = [l["judge/accuracy"] for l in lines if "judge/accuracy" in l]
-  model = cfg["model"]
-  variant = f" ({model['entity']})" if model["name"] == "next_x" else ""
-  s = cfg["sample"]
-  judged = f"{acc[-1] * 100:.1f}%" if acc else "not judged"
-  return (f"| {os.path.basename(os.path.normpath(workdir))} | {model['name']}{variant} | {head_steps(model)} | "
-          f"{passes(model)} | {last['step']} | {last['loss']:.4f} | {s.get('cfg_scale')} {s.get('cfg_schedule')} | "
-          f"{judged} |")
+  run = read_run(workdir)
+  cfg, table = run["cfg"], run.get("table.json", {})
+  acc = [l["judge/accuracy"] for l in run["metrics"] if "judge/accuracy" in l]
+  acc = table.get("judge_accuracy", acc[-1] if acc else None)
+  steps, ttime = train_time(run["metrics"])
+  fmt = lambda v, f: "-" if v is None else f.format(v)
+  s = cfg.get("sample", {})
+  cfg_note = f" (CFG {s['cfg_scale']} {s.get('cfg_schedule', '')})" if s.get("cfg_scale", 1.0) != 1.0 else ""
+  cells = [display_name(cfg) + cfg_note, os.path.normpath(workdir), fmt(acc, "{:.1%}"), fmt(table.get("fid"), "{:.2f}"),
+           fmt(table.get("sec_per_image"), "{:.4f}") + (f" ({table['device']})" if "device" in table else ""),
+           nfe(cfg, table.get("units")), str(steps or "-"), ttime, f"`{command(run, workdir)}`"]
+  return "| " + " | ".join(cells) + " |"
+
+
+def load_config(cfg: dict):
+  """The run's ConfigDict; a tokenizer config path recorded on another machine is looked up in configs/shapes."""
+  import ml_collections
+  config = ml_collections.ConfigDict(cfg)
+  if "tokenizer" in config and not os.path.isfile(config.tokenizer.config.partition(":")[0]):
+    path, sep, arg = config.tokenizer.config.partition(":")
+    config.tokenizer.config = os.path.join(ROOT, "configs", "shapes", os.path.basename(path)) + sep + arg
+  return config
+
+
+def measure(workdir: str, num_samples: int, batch_size: int) -> dict:
+  """Samples num_samples class-conditional images (classes in turn) with the run's EMA params and sample options;
+  judge accuracy, judge-space FID against as many held-out real images, seconds per image (batches after the
+  first, which compiles), written to DIR/table.json."""
+  import jax
+  import numpy as np
+  from arjax import demo, registry
+  from arjax.eval import evaluators, judge
+  from arjax.train import checkpoint
+  config = load_config(read_run(workdir)["cfg"])
+  model = registry.build_model(config)
+  params = checkpoint.load_params(os.path.join(workdir, "checkpoints"), ema=True)
+  judge_params = evaluators.build_evaluators({"judge": dict(type="judge", num_samples=num_samples)}, model, workdir,
+                                             data_cfg=config.data)[0].judge_params
+  images, labels, times = [], [], []
+  for b in range(0, num_samples, batch_size):
+    label = (np.arange(b, b + batch_size) % model.num_classes).astype(np.int32)
+    t0 = time.time()
+    x = np.asarray(model.sample(params, {"label": label}, jax.random.PRNGKey(b), **config.sample))
+    times.append(time.time() - t0)
+    images.append(x)
+    labels.append(label)
+  images, labels = np.concatenate(images)[:num_samples], np.concatenate(labels)[:num_samples]
+  real, _ = demo.real_test_set(config.data, num_samples)
+  timed = times[1:] or times
+  out = dict(judge_accuracy=float(np.mean(judge.predict(judge_params, images)["label"] == labels)),
+             fid=demo.fid(judge_params, images, real), sec_per_image=float(sum(timed) / (len(timed) * batch_size)),
+             num_samples=num_samples, device=jax.devices()[0].device_kind, load=os.getloadavg()[0],
+             units=len(model.layout.sizes) if hasattr(model, "layout") else None, sample=dict(config.sample))
+  with open(os.path.join(workdir, "table.json"), "w") as f:
+    json.dump(out, f, indent=1)
+  return out
 
 
 def vae_psnr(workdir: str, n: int = 512) -> float:
@@ -53,19 +168,50 @@ def vae_psnr(workdir: str, n: int = 512) -> float:
   from arjax import config as config_lib
   from arjax import demo, registry
   from arjax.train import checkpoint
-  cfg = config_lib.load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "shapes", "vae.py"))
+  cfg = config_lib.load_config(os.path.join(ROOT, "configs", "shapes", "vae.py"))
   model = registry.build_model(cfg)
   params = checkpoint.load_params(os.path.join(workdir, "checkpoints"), ema=True)
   images, _ = demo.real_test_set(cfg.data, n)
   return demo.tokenizer_metrics(model, params, images)["psnr_db"]
 
 
-if __name__ == "__main__":
-  args = sys.argv[1:]
-  if args[:1] == ["--vae"]:
-    print(f"VAE ({args[1]}): reconstruction PSNR {vae_psnr(args[1]):.2f} dB on 512 held-out images\n")
-    args = args[2:]
-  print("| run | paradigm | head steps | passes | train steps | final loss | CFG | judge class acc |")
-  print("|---|---|---|---|---|---|---|---|")
-  for w in args:
+def paradigm_runs(root: str) -> list:
+  """Run directories under root whose model is a paradigm, in table order."""
+  found = []
+  for d in sorted(os.listdir(root)):
+    path = os.path.join(root, d, "config.json")
+    if os.path.isfile(path):
+      with open(path) as f:
+        cfg = json.load(f)
+      if "tokenizer" in cfg:  # tokenizers (vq, vae, msvq, ...) have none
+        name = cfg["model"]["name"]
+        found.append((ORDER.index(name) if name in ORDER else len(ORDER), d, os.path.join(root, d)))
+  return [p for _, _, p in sorted(found)]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("workdirs", nargs="*")
+  parser.add_argument("--runs", help="add every paradigm run directory under this folder")
+  parser.add_argument("--measure", action="store_true", help="sample + judge runs without table.json")
+  parser.add_argument("--remeasure", action="store_true", help="sample + judge every run, overwriting table.json")
+  parser.add_argument("--num_samples", type=int, default=512)
+  parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--vae", help="print this KL-VAE run's reconstruction PSNR first")
+  args = parser.parse_args()
+  workdirs = list(args.workdirs) + (paradigm_runs(args.runs) if args.runs else [])
+  if args.vae:
+    print(f"VAE ({args.vae}): reconstruction PSNR {vae_psnr(args.vae):.2f} dB on 512 held-out images\n")
+  for w in workdirs:
+    if args.remeasure or (args.measure and not os.path.exists(os.path.join(w, "table.json"))):
+      if not os.path.isdir(os.path.join(w, "checkpoints")):
+        print(f"{w}: no checkpoints, not measured")
+        continue
+      print(f"{w}: {measure(w, args.num_samples, args.batch_size)}", flush=True)
+  print(HEADER)
+  for w in workdirs:
     print(row(w))
+
+
+if __name__ == "__main__":
+  main()

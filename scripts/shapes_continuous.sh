@@ -1,15 +1,60 @@
 #!/usr/bin/env bash
-# Continuous-token paradigms on `shapes`: trains the KL-VAE once, then MAR, ACDiT, FlowAR and xAR
-# over it (each judged on 512 samples at its last step), and prints the README's table.
-# Outputs under ${RUNS:-runs}/; a finished run is resumed at its last step, i.e. skipped.
-# Usage: bash scripts/shapes_continuous.sh [paradigm ...]   (default: mar acdit flowar xar)
-source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+# The paradigms on `shapes`: trains each named run (after its tokenizer, once), then measures all of them
+# (512 samples: judge accuracy, judge-space FID, sampling time) and prints the README's paradigm table.
+#   bash scripts/shapes_continuous.sh [name ...]   (default: mar acdit flowar xar)
+# Names: mar | acdit | flowar | xar (2x2 cells) | xar_<entity> (token, cell, subsample, scale, image) | var | nt.
+# Tokenizers: runs/vae (KL-VAE: mar, acdit, flowar, xar*), runs/msvq (var), runs/vq (nt); each is trained only if
+# its DONE file is missing. A finished run is resumed at its last step, i.e. skipped.
+# Environment: RUNS (output folder, default runs); STEPS_MUL=2 trains 2x the config's steps into <name>_2x;
+# ARJAX_NO_INSTALL=1 uses the current python as is (e.g. a GPU machine with JAX_PLATFORMS=cuda) instead of
+# scripts/_env.sh (which pip-installs arjax and defaults JAX_PLATFORMS to cpu).
+if [ -n "${ARJAX_NO_INSTALL:-}" ]; then
+  set -euo pipefail
+  cd "$(dirname "${BASH_SOURCE[0]}")/.."
+else
+  source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+fi
 runs="${RUNS:-runs}"
-paradigms=("${@:-mar acdit flowar xar}")
-python -m arjax.main --config configs/shapes/vae.py --workdir "$runs/vae"
+mul="${STEPS_MUL:-1}"
+[ $# -gt 0 ] || set -- mar acdit flowar xar
+
+train() {  # train WORKDIR CONFIG [overrides...]: the command is kept in WORKDIR/command.txt for the table
+  local workdir=$1; shift
+  mkdir -p "$workdir"
+  local cmd="python -m arjax.main --config $* --workdir $workdir"
+  echo "$cmd" > "$workdir/command.txt"
+  echo "== $cmd" >&2
+  $cmd
+  touch "$workdir/DONE"
+}
+
+tokenizer() {  # tokenizer NAME: trains configs/shapes/NAME.py into $runs/NAME unless it is DONE
+  [ -f "$runs/$1/DONE" ] || train "$runs/$1" "configs/shapes/$1.py"
+}
+
 workdirs=()
-for p in ${paradigms[@]}; do
-  python -m arjax.main --config "configs/shapes/$p.py" --workdir "$runs/$p" --config.tokenizer.workdir="$runs/vae"
-  workdirs+=("$runs/$p")
+for name in "$@"; do
+  case "$name" in
+    mar | acdit | flowar) config="configs/shapes/$name.py"; tok=vae; extra=() ;;
+    xar) config=configs/shapes/xar.py; tok=vae; extra=() ;;
+    xar_token | xar_cell | xar_subsample | xar_scale | xar_image)
+      config=configs/shapes/xar.py; tok=vae; extra=("--config.model.entity=${name#xar_}") ;;
+    var) config=configs/shapes/var.py; tok=msvq; extra=() ;;
+    nt) config=configs/shapes/next_token.py; tok=vq; extra=() ;;  # (no in-training judge to turn off)
+    *) echo "unknown run name '$name' (mar acdit flowar xar xar_<entity> var nt)" >&2; exit 2 ;;
+  esac
+  tokenizer "$tok"
+  workdir="$runs/$name"
+  if [ "$mul" != 1 ]; then
+    steps=$(python -c "from arjax import config; print(config.load_config('$config').train.steps * $mul)")
+    workdir="$runs/${name}_${mul}x"
+    extra+=("--config.train.steps=$steps")
+  fi
+  # the in-training judge is off: paradigm_table.py --measure judges the final EMA params once (with FID and timing)
+  [ "$name" = nt ] || extra+=("--config.evals.judge.every=0")
+  train "$workdir" "$config" "--config.tokenizer.workdir=$runs/$tok" "${extra[@]}"
+  python scripts/paradigm_table.py --measure "$workdir"  # DIR/table.json, right away (a later stop keeps it)
+  workdirs+=("$workdir")
 done
-python scripts/paradigm_table.py --vae "$runs/vae" "${workdirs[@]}"
+vae=(); [ ! -f "$runs/vae/DONE" ] || vae=(--vae "$runs/vae")
+python scripts/paradigm_table.py --measure "${vae[@]}" "${workdirs[@]}"
