@@ -6,7 +6,7 @@
   python scripts/tokenbridge_figures.py sample runs/tb runs/mar_diffusion ... --out docs/tokenbridge
       per run: judge class accuracy of 512 samples (the training run's final eval, from metrics.jsonl), sampling
       time per image split into backbone and head (the same sampler with a head that returns zeros gives the
-      backbone's share), and a class grid <run>.png
+      backbone's share); samples.png: two rows of samples per run (columns: the 8 classes)
 Timings are wall-clock after a warm-up call, on whatever device JAX uses; print them with the machine's load.
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ def recon(args):
   with open(os.path.join(args.out, "recon.json"), "w") as f:
     json.dump(out, f, indent=1)
   strip = np.concatenate([images[:12]] + [rec[:12] for rec in recs.values()])  # rows: real, continuous, 256, 64, 16
-  grid.save_grid(strip, os.path.join(args.out, "recon.png"), ncols=12, scale=2)
+  grid.save_grid(strip, os.path.join(args.out, "recon.png"), ncols=12)
   print(f"{args.n} held-out images; latents std {out['latent_std']:.3f}, {100 * out['clamped']:.3f}% outside "
         f"[{lo}, {hi}]; spectral centroids {np.round(centroids, 4).tolist()} -> order {out['order']}")
   print("| tokens | PSNR (dB) | judge FID |\n|---|---|---|")
@@ -102,9 +102,11 @@ def seconds(fn, repeats: int = 3) -> float:
 
 
 def sample(args):
-  """Accuracy / timing table (markdown) and <run>.json / <run>.png per run under args.out."""
+  """Accuracy / timing table (markdown), sample.json and samples.png (two rows of class-cycled samples per run, in
+  the order given) under args.out."""
   print(f"device: {jax.devices()[0].device_kind}; load average {os.getloadavg()}")
   print("| run | head | train steps | final loss | judge acc | s / image | backbone | head |\n|---|---|---|---|---|---|---|---|")
+  rows, grids = [], []
   for workdir in args.runs:
     name = os.path.basename(os.path.normpath(workdir))
     with open(os.path.join(workdir, "config.json")) as f:
@@ -126,13 +128,15 @@ def sample(args):
                                   f" {cfg.model.head.steps} steps")
     row = dict(run=name, head=kind, steps=loss["step"], loss=loss["loss"], judge_acc=acc[-1] if acc else None,
                s_per_image=total, backbone=backbone, head_s=total - backbone)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-      json.dump(row, f, indent=1)
-    grid.save_grid(images[:64], os.path.join(args.out, f"{name}.png"), ncols=8, scale=2)
+    rows.append(row)
+    grids.append(images[:16])
     acc_s = "-" if row["judge_acc"] is None else f"{100 * row['judge_acc']:.1f}%"
     print(f"| {name} | {kind} | {row['steps']} | {row['loss']:.4f} | {acc_s} | {1e3 * total:.2f} ms | "
           f"{1e3 * backbone:.2f} ms | {1e3 * (total - backbone):.2f} ms |")
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "sample.json"), "w") as f:
+    json.dump(rows, f, indent=1)
+  grid.save_grid(np.concatenate(grids), os.path.join(args.out, "samples.png"), ncols=8)
 
 
 def main():
