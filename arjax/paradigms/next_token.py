@@ -15,7 +15,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from arjax import conditioning
 from arjax import layout as layout_lib
@@ -148,20 +147,13 @@ class NextToken(base.Paradigm):
     """The tokenizer's code vectors [V, D], l2-normalised (the arjax VQs quantise on the unit sphere): the 2-D
     parameter named 'codebook' or 'embedding' with V rows."""
     flat = flax.traverse_util.flatten_dict(nn.meta.unbox(self.tokenizer_params or {}))
-    hits = [v for k, v in flat.items() if k[-1] in ("codebook", "embedding") and np.ndim(v) == 2
-            and np.shape(v)[0] == self.tokenizer.vocab_size]
+    hits = [v for k, v in flat.items() if k[-1] in ("codebook", "embedding") and jnp.ndim(v) == 2
+            and jnp.shape(v)[0] == self.tokenizer.vocab_size]
     if len(hits) != 1:
       raise ValueError(f"lantern_delta > 0 needs one codebook [V={self.tokenizer.vocab_size}, D] ('codebook' or "
                        f"'embedding') in the tokenizer params; found {len(hits)}")
-    c = np.asarray(hits[0], np.float32)
-    return c / np.maximum(np.linalg.norm(c, axis=-1, keepdims=True), 1e-12)
-
-  def neighbours(self, k: int):
-    """The LANTERN neighbour table [V, k] of the codebook (computed once per k)."""
-    table = self.__dict__.setdefault("_neighbours", {})
-    if k not in table:
-      table[k] = speculative.neighbours(self.codebook(), k)
-    return table[k]
+    c = jnp.asarray(hits[0], jnp.float32)
+    return c / jnp.maximum(jnp.linalg.norm(c, axis=-1, keepdims=True), 1e-12)
 
   def speculative_tokens(self, params, cond, rng, opts):
     """(tokens [B, N], stats) by speculative decoding (`opts`: loop.options with speculative.OPTIONS)."""
@@ -171,7 +163,7 @@ class NextToken(base.Paradigm):
     cond = self.conditioner.double(cond) if guide.on else cond
     drafter = opts["drafter"]
     dnet = None if drafter is None else drafter.model.window_net(cond)
-    nbrs = self.neighbours(int(opts["lantern_k"])) if opts["lantern_delta"] > 0 else None
+    nbrs = speculative.neighbours(self.codebook(), int(opts["lantern_k"])) if opts["lantern_delta"] > 0 else None
     return speculative.decode(self.window_net(cond), params, b, self.num_tokens, self.tokenizer.vocab_size, rng, opts,
                               dnet, None if drafter is None else drafter.params, nbrs)
 

@@ -26,7 +26,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from arjax import cache as cache_lib
 from arjax.sampling import assd
@@ -68,17 +67,19 @@ def check(opts: dict, vocab_size: int):
                      f"decoding={opts['decoding']!r}, drafter={opts['drafter']!r}")
 
 
-def neighbours(codebook_VD, k: int) -> np.ndarray:
-  """int32 [V, k]: each code's k nearest other codes (L2 in code space), nearest first (numpy, chunked)."""
-  c = np.asarray(codebook_VD, np.float32)
+def neighbours(codebook_VD, k: int, chunk: int = 1024):
+  """int32 [V, k]: each code's k nearest other codes (L2 in code space), nearest first (chunks of rows)."""
+  c = jnp.asarray(codebook_VD, jnp.float32)
+  v = c.shape[0]
   sq = (c * c).sum(-1)
-  out = []
-  for lo in range(0, len(c), 1024):
-    d = sq[lo:lo + 1024, None] - 2 * c[lo:lo + 1024] @ c.T + sq[None]
-    d[np.arange(len(d)), np.arange(lo, lo + len(d))] = np.inf
-    part = np.argpartition(d, k - 1, axis=-1)[:, :k]
-    out.append(np.take_along_axis(part, np.argsort(np.take_along_axis(d, part, -1), -1, kind="stable"), -1))
-  return np.concatenate(out).astype(np.int32)
+  chunk = min(chunk, v)
+  rows = jnp.minimum(jnp.arange(-(-v // chunk) * chunk), v - 1).reshape(-1, chunk)
+
+  def nearest(rows_C):
+    d = sq[rows_C, None] - 2 * jnp.dot(c[rows_C], c.T, precision=jax.lax.Precision.HIGHEST) + sq[None]
+    return jax.lax.top_k(-jnp.where(rows_C[:, None] == jnp.arange(v), jnp.inf, d), k)[1]
+
+  return jax.lax.map(nearest, rows).reshape(-1, k)[:v].astype(jnp.int32)
 
 
 def probs(logits_NV, temperature=1.0, top_k=0, top_p=1.0):

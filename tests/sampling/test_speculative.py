@@ -128,7 +128,7 @@ def test_lantern_step_within_delta_and_sampler_matches_the_rule():
   rng = np.random.default_rng(0)
   for v, k in ((3, 2), (12, 4)):
     codebook = rng.normal(size=(v, 4))
-    nbrs = speculative.neighbours(codebook, k)
+    nbrs = np.asarray(speculative.neighbours(codebook, k))
     d = ((codebook[:, None] - codebook[None]) ** 2).sum(-1) + np.diag(np.full(v, np.inf))
     np.testing.assert_array_equal(nbrs, np.argsort(d, axis=-1)[:, :k])
     for _ in range(50):
@@ -171,7 +171,7 @@ def test_lantern_in_the_decoder_first_token(toy):
                       lantern_delta=delta, lantern_k=2)
   p0 = guided_conditionals(model, params, jnp.zeros((1, N), jnp.int32))[0, 0]
   unit = codebook / np.linalg.norm(codebook, axis=-1, keepdims=True)
-  expected = lantern_step_np(p0, np.full(V, 1 / V), speculative.neighbours(unit, 2), delta)[1]
+  expected = lantern_step_np(p0, np.full(V, 1 / V), np.asarray(speculative.neighbours(unit, 2)), delta)[1]
   assert tv(expected, p0) <= delta + 1e-9
   assert stats.chisquare(np.bincount(tokens[:, 0], minlength=V), expected * SAMPLES).pvalue > 1e-3
   assert (st["nfe"] <= N).all()
