@@ -46,17 +46,23 @@ SAMPLE = dict(temperature=1.0, top_k=50, top_p=0.9)  # the JPEG-LM paper's sampl
 
 
 def _examples(split, indices, size):
-  src = shapes.ShapesSource(split, 50_000, size)
+  src = shapes.ShapesSource(split, max(50_000, int(indices.max()) + 1), size)
   return [(src[int(i)]["image"], src[int(i)]["label"]) for i in indices]
 
 
-def shapes_arrays(split: str, n: int, size: int, seed: int, workers: int):
-  """n examples of a split drawn with replacement (train) or the first n (test): uint8 images, int32 labels."""
-  idx = (np.random.default_rng(seed).integers(0, 50_000, n) if split == "train" else np.arange(n))
-  chunks = np.array_split(idx, max(workers, 1) * 4)
+def shapes_arrays(split: str, n: int, size: int, workers: int):
+  """The first n examples of a split: uint8 images [n, H, W, 3], int32 labels [n]."""
+  chunks = np.array_split(np.arange(n), max(workers, 1) * 4)
   with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
     out = [e for part in pool.map(_examples, [split] * len(chunks), chunks, [size] * len(chunks)) for e in part]
   return np.stack([e[0] for e in out]), np.asarray([e[1] for e in out], np.int32)
+
+
+def batches(n: int, batch: int, steps: int, seed: int):
+  """Row indices of each step's batch: epochs of fresh permutations of n examples (as the shuffled pipeline)."""
+  rng = np.random.default_rng(seed)
+  order = np.concatenate([rng.permutation(n) for _ in range(-(-steps * batch // n))])
+  return order[:steps * batch].reshape(steps, batch)
 
 
 def load_params(path: str):
@@ -86,8 +92,8 @@ def train(model, cfg, images, labels, steps: int, batch: int):
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(cfg.seed), None))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      ema_params=jax.tree.map(jnp.copy, params), rng=jax.random.PRNGKey(cfg.seed + 1))
-  to_batch = lambda k: preprocess(dict(image=images[k * batch:(k + 1) * batch].astype(np.float32) / 127.5 - 1,
-                                       label=labels[k * batch:(k + 1) * batch]))
+  rows = batches(len(images), batch, steps, cfg.seed)
+  to_batch = lambda k: preprocess(dict(image=images[rows[k]].astype(np.float32) / 127.5 - 1, label=labels[rows[k]]))
   tokens = real = 0
   for k in tqdm(range(steps), desc=cfg.model.name, mininterval=10):
     if k == 10:  # compile and warm-up excluded from the timing
@@ -152,8 +158,8 @@ def main():
   steps, batch, size = a.steps or jcfg.train.steps, jcfg.data.batch_size, jcfg.data.image_size
   assert (batch, size) == (ncfg.data.batch_size, ncfg.data.image_size)
   t0 = time.time()
-  images, labels = shapes_arrays("train", steps * batch, size, 0, a.workers)
-  test_images, test_labels = shapes_arrays("test", a.num_samples, size, 0, a.workers)
+  images, labels = shapes_arrays("train", min(steps * batch, jcfg.data.num_examples), size, a.workers)
+  test_images, test_labels = shapes_arrays("test", a.num_samples, size, a.workers)
   print(f"data: {len(images)} train examples in {time.time() - t0:.0f}s", flush=True)
   judge_params = judge.load_or_train(a.judge, image_size=size)
   real_feats = judge.features(judge_params, test_images)
@@ -195,7 +201,8 @@ def main():
       r[f"cfg{cfg_scale:g}"].update(judge_scores(judge_params, out, labels_n, real_feats),
                                     sample_tokens_per_s=gen_tokens * (1 - sb / n) / dt if n > sb else None,
                                     sample_images_per_s=(n - sb) / dt if n > sb else None)
-      grid.save_grid(out[:64], os.path.join(a.out, f"{name}_cfg{cfg_scale:g}.png"), ncols=8, scale=3)
+      if cfg_scale == 3.0:
+        grid.save_grid(out[:64], os.path.join(a.out, f"{name}_cfg3.png"), ncols=8, scale=3)
     if name == "jpeg_lm":
       unconstrained, _ = sample_all(lambda l, k: model.sample_files(params, l, k, constrained=False, **SAMPLE), n,
                                     sb, model.num_classes)
