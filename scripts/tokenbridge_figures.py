@@ -54,19 +54,22 @@ def recon(args):
   data_cfg = toks[LEVELS[0]].vae_config.data
   images = load(pipeline.make_source(data_cfg, "test", args.n), args.n)
   net = evaluators.load_feature_net("shapes_judge", data_cfg=data_cfg)
-  real = metrics.feature_stats(batched(lambda x: net.fn(x)["pool"], images))
+  judge_stats = lambda x: metrics.feature_stats(batched(lambda b: net.fn(b)["pool"], x))
+  real = judge_stats(images)
   latents = batched(jax.jit(lambda x: vae.encode(params, x)), images)
   decode = jax.jit(lambda z: vae.decode(params, z))
   rows, recs = [], {"continuous": batched(decode, latents)}
   for levels, tok in toks.items():
-    recs[f"{levels} levels"] = batched(decode, dimwise.dequantize(dimwise.quantize(latents, *tok.grid_args), *tok.grid_args))
+    grid_latents = dimwise.dequantize(dimwise.quantize(latents, *tok.grid_args), *tok.grid_args)
+    recs[f"{levels} levels"] = batched(decode, grid_latents)
   lo, hi = toks[LEVELS[0]].x_min, toks[LEVELS[0]].x_max
   for name, rec in recs.items():
-    fid = metrics.frechet_distance(*metrics.feature_stats(batched(lambda x: net.fn(x)["pool"], rec)), *real)
-    rows.append(dict(tokens=name, psnr=float(metrics.psnr(jnp.asarray(rec), jnp.asarray(images))), fid=fid))
+    rows.append(dict(tokens=name, psnr=float(metrics.psnr(jnp.asarray(rec), jnp.asarray(images))),
+                     fid=metrics.frechet_distance(*judge_stats(rec), *real)))
   centroids = dimwise.spectral_centroids(latents)
-  out = dict(n=args.n, rows=rows, latent_std=float(np.std(latents)), clamped=float(np.mean((latents < lo) | (latents > hi))),
-             centroids=centroids.tolist(), order=[int(c) for c in np.argsort(centroids, kind="stable")])
+  clamped = float(np.mean((latents < lo) | (latents > hi)))
+  out = dict(n=args.n, rows=rows, latent_std=float(np.std(latents)), clamped=clamped, centroids=centroids.tolist(),
+             order=[int(c) for c in np.argsort(centroids, kind="stable")])
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "recon.json"), "w") as f:
     json.dump(out, f, indent=1)
@@ -105,7 +108,7 @@ def sample(args):
   """Accuracy / timing table (markdown), sample.json and samples.png (two rows of class-cycled samples per run, in
   the order given) under args.out."""
   print(f"device: {jax.devices()[0].device_kind}; load average {os.getloadavg()}")
-  print("| run | head | train steps | final loss | judge acc | s / image | backbone | head |\n|---|---|---|---|---|---|---|---|")
+  print("| run | head | train steps | final loss | judge acc | s / image | backbone | head |\n" + "|---" * 8 + "|")
   rows, grids = [], []
   for workdir in args.runs:
     name = os.path.basename(os.path.normpath(workdir))

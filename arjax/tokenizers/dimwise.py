@@ -3,8 +3,9 @@
 Every latent channel is quantised on its own with the same grid: [x_min, x_max] maps linearly onto
 [-std_range, std_range] (clamped), and a value goes to the nearest of `levels` reconstruction values, the
 truncated-normal means of the bins cut at the standard-normal quantiles linspace(0, 1, levels + 1) (clamped
-to +-std_range; where the clamp squeezes a bin to a point, that point is its value). Nothing is trained: the `dimwise` tokenizer wraps a trained VAE (its params are the VAE's,
-loaded from the VAE's workdir) and `encode` returns the dequantised latents, i.e. values on the grid.
+to +-std_range; where the clamp squeezes a bin to a point, that point is its value). Nothing is trained: the
+`dimwise` tokenizer wraps a trained VAE (its params are the VAE's, loaded from the VAE's workdir) and `encode`
+returns the dequantised latents, i.e. values on the grid.
 
 The per-dimension AR head (arjax.heads.dimwise) visits a token's channels in `channel_order`: ascending
 spectral centroid of each channel's latent map over the VAE's training images (low-frequency, structural
@@ -99,7 +100,8 @@ class DimwiseTokenizer:
       raise ValueError("model.vae must name the trained VAE's config file ('configs/shapes/vae.py[:arg]')")
     self.vae_config = config_lib.load_config(c["vae"])
     self.vae = VAETokenizer(self.vae_config.model)
-    self.levels, self.std_range, self.x_min, self.x_max = int(c["levels"]), float(c["std_range"]), c["x_min"], c["x_max"]
+    self.levels, self.std_range = int(c["levels"]), float(c["std_range"])
+    self.x_min, self.x_max = float(c["x_min"]), float(c["x_max"])
     self.order_images = int(c["order_images"])
     self.grid, self.latent_dim, self.image_size = self.vae.grid, self.vae.latent_dim, self.vae.image_size
 
