@@ -5,12 +5,16 @@ condition vector ; latent tokens] where unknown tokens are replaced by a learned
 them instead; keeping them makes the shapes static, and the encoder never sees their values), the
 decoder re-inserts its own [MASK] vector at unknown positions, and the head models each unknown
 token given its decoder feature. Training: a random generation order per image, mask ratio
-r ~ N(1, 0.25) truncated to [0.7, 1]; the first ceil(r N) tokens of the order are unknown and the
-head loss is averaged over them. Sampling: the sampler skeleton over `num_iter` rounds; after round s,
-floor(N cos(pi/2 (s+1)/S)) tokens stay unknown (at least 1 until the last round, MAR's rule), so the rounds are
-units of the tokens they reveal (next in a random order): forward is a full bidirectional pass, the head draws
-the round's tokens (guided with the scale schedule's progress = the fraction of tokens known after the round,
-MAR's rule), commit sets them; head steps optionally annealed over the rounds (DiSA). With head.kind='dimwise' over
+r ~ N(1, 0.25) truncated to [0.7, 1] (model.mask_ratio='mar', the paper's), or r = cos(pi/2 u), u ~ U(0, 1)
+('cosine': the unknown fractions the sampler's cosine rounds walk through, MaskGIT's training rule); the first
+max(1, ceil(r N)) tokens of the order are unknown and the head loss is averaged over them. With 'mar' the network
+never sees more than 30% of the tokens known, yet most tokens are sampled in rounds with more known (on small
+budgets its predictions then get worse as more true context is given: docs/paradigm_diagnosis.md).
+Sampling: the sampler skeleton over `num_iter` rounds; after round s, floor(N cos(pi/2 (s+1)/S)) tokens stay
+unknown (at least 1 until the last round, MAR's rule), so the rounds are units of the tokens they reveal (next in a
+random order): forward is a full bidirectional pass, the head draws the round's tokens (guided with the scale
+schedule's progress = the fraction of tokens known after the round, MAR's rule), commit sets them; head steps
+optionally annealed over the rounds (DiSA). With head.kind='dimwise' over
 the dimwise tokenizer this is TokenBridge (docs/tokenbridge.md).
 """
 from __future__ import annotations
@@ -31,13 +35,16 @@ from arjax.paradigms import latent
 from arjax.sampling import loop
 from arjax.sampling import schedules
 
-KEYS = ("width", "buffer", "num_iter", "encoder", "decoder", "head")
+KEYS = ("width", "buffer", "num_iter", "encoder", "decoder", "head", "mask_ratio")
+MASK_RATIOS = ("mar", "cosine")
 OPTIONS = dict(num_iter=None, **latent.FLOW_OPTIONS)  # sampling options beyond guidance.DEFAULTS
 MASK_MEAN, MASK_STD, MASK_MIN, MASK_MAX = 1.0, 0.25, 0.7, 1.0
 
 
-def mask_ratio(rng, shape):
-  """Training mask ratios: N(1, 0.25) truncated to [0.7, 1]."""
+def mask_ratio(rng, shape, kind: str = "mar"):
+  """Training mask ratios: 'mar' N(1, 0.25) truncated to [0.7, 1]; 'cosine' cos(pi/2 u), u ~ U(0, 1)."""
+  if kind == "cosine":
+    return jnp.cos(math.pi / 2 * jax.random.uniform(rng, shape))
   lo, hi = (MASK_MIN - MASK_MEAN) / MASK_STD, (MASK_MAX - MASK_MEAN) / MASK_STD
   return MASK_MEAN + MASK_STD * jax.random.truncated_normal(rng, lo, hi, shape)
 
@@ -82,6 +89,9 @@ class MaskedAR(latent.LatentParadigm):
 
   def __init__(self, cfg, tokenizer, tokenizer_params):
     super().__init__(cfg, tokenizer, tokenizer_params, KEYS)
+    self.mask_kind = cfg.get("mask_ratio", "mar")
+    if self.mask_kind not in MASK_RATIOS:
+      raise ValueError(f"model.mask_ratio must be one of {MASK_RATIOS}, got {self.mask_kind!r}")
     tcfg = lambda part: TransformerConfig.make(cfg[part], f"model.{part}", width=cfg.width,
                                                max_len=self.num_tokens + cfg.buffer)
     self.net = MarNet(self.conditioner, cfg.width, cfg.buffer, tcfg("encoder"), tcfg("decoder"))
@@ -101,7 +111,7 @@ class MaskedAR(latent.LatentParadigm):
     cond = self.conditioner.from_batch(batch)
     cond = self.conditioner.drop(cond, k_drop) if train else cond
     rank = jnp.argsort(jax.random.uniform(k_order, (b, self.num_tokens)), axis=-1).argsort(axis=-1)
-    n_unknown = jnp.ceil(self.num_tokens * mask_ratio(k_ratio, (b, 1)))
+    n_unknown = jnp.maximum(jnp.ceil(self.num_tokens * mask_ratio(k_ratio, (b, 1), self.mask_kind)), 1)
     unknown = rank < n_unknown
     z = self.net.apply({"params": params["net"]}, x, ~unknown, cond)
     per = self.head.loss(params["head"], z.reshape(-1, z.shape[-1]), x.reshape(-1, self.token_dim), k_head)
