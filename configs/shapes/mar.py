@@ -3,7 +3,9 @@
   python -m arjax.main --config configs/shapes/mar.py --workdir runs/mar --config.tokenizer.workdir=runs/vae
   python -m arjax.main --config configs/shapes/mar.py:smoke --workdir /tmp/mar
 Presets: (none) demo size; `smoke` tiny, a few steps, untrained VAE. `model.head.kind` picks the
-flow-matching or the DDPM (MAR's) head; `head.steps_end` > 0 anneals head steps (DiSA).
+flow-matching or the DDPM (MAR's) head; `head.steps_end` > 0 anneals head steps (DiSA). `model.mask_ratio` is
+'cosine' (MaskGIT's training ratios, covering every sampling round): MAR's own 'mar' range [0.7, 1] leaves the
+rounds with > 30% known untrained at this budget (docs/paradigm_diagnosis.md).
 """
 import os
 
@@ -20,7 +22,7 @@ def get_config(arg=None):
   c.tokenizer = ml_collections.ConfigDict(dict(config=os.path.join(HERE, "vae.py"), workdir="", ema=True))
   block = dict(depth=3, heads=6, kv_heads=6, mlp="gelu", mlp_ratio=4.0, norm="layer", qk_norm=False,
                pos="learned", impl="auto")
-  c.model = dict(name="masked_ar", num_classes=8, width=192, label_drop=0.1, buffer=4, num_iter=16,
+  c.model = dict(name="masked_ar", num_classes=8, width=192, label_drop=0.1, buffer=4, num_iter=16, mask_ratio="cosine",
                  encoder=block, decoder=dict(block),
                  head=dict(kind="diffusion", width=256, depth=3, steps=50, steps_end=0, solver="euler",
                            sde_scale=1.0, batch_mul=2, train_steps=1000, clip_x0=5.0))

@@ -36,6 +36,19 @@ def test_mask_ratio_is_the_truncated_normal():
   assert stats.kstest(r, ref.cdf).pvalue > 1e-3
 
 
+def test_cosine_mask_ratio_is_maskgits_and_covers_every_sampling_round():
+  """'cosine' ratios are cos(pi/2 u), u ~ U(0, 1); unlike MAR's [0.7, 1] they put training mass at the unknown
+  fraction of every sampling round (issue 18: MAR's rounds with > 30% known were never trained)."""
+  r = np.asarray(masked_ar.mask_ratio(jax.random.PRNGKey(0), (20000,), "cosine"))
+  assert stats.kstest(r, lambda x: 1 - 2 / np.pi * np.arccos(np.clip(x, -1, 1))).pvalue > 1e-3
+  mar = np.asarray(masked_ar.mask_ratio(jax.random.PRNGKey(0), (20000,)))
+  n = 64
+  unknown_before = [n] + masked_ar.unmask_schedule(n, 16)[:-1]  # what each round's forward pass sees
+  near = lambda ratios, u: np.mean(np.abs(ratios - u / n) < 0.05)
+  assert min(near(r, u) for u in unknown_before) > 0.01
+  assert sum(near(mar, u) < 1e-3 for u in unknown_before) == 7  # 7 of 16 rounds (40 of 64 tokens): no mass
+
+
 @pytest.mark.parametrize("n,iters", [(16, 4), (64, 8), (16, 16), (10, 1)])
 def test_unmask_schedule_is_marss_cosine(n, iters):
   got = masked_ar.unmask_schedule(n, iters)
@@ -105,6 +118,8 @@ def test_sampler_skeleton_equals_mars_loop_by_hand(num_iter):
 
 def test_loss_counts_only_unknown_tokens():
   model, params = make()
+  with pytest.raises(ValueError, match="model.mask_ratio"):
+    masked_ar.MaskedAR(ml_collections.ConfigDict(dict(model.cfg, mask_ratio="uniform")), TOKENIZER, None)
   batch = dict(latent=jnp.ones((4, 4, 4, 3)), label=jnp.array([0, 1, 2, 0]))
   loss, metrics = model.loss(params, batch, jax.random.PRNGKey(0))
   assert np.isfinite(loss) and 0.7 <= float(metrics["mask_ratio"]) <= 1.0
