@@ -33,10 +33,10 @@ def resolve(name: str):
 
 def build_tokenizer(tok_cfg):
   """(tokenizer, params) from config.tokenizer = {config: 'path.py[:arg]', workdir: DIR or None}."""
-  from arjax.train import checkpoint
   tcfg = config_lib.load_config(tok_cfg.config)
   tokenizer = resolve(tcfg.model.name)(tcfg.model)
   if tok_cfg.workdir:
+    from arjax.train import checkpoint
     params = checkpoint.load_params(f"{tok_cfg.workdir}/checkpoints", ema=tok_cfg.get("ema", True))
   else:  # untrained tokenizer: only for smoke tests of the paradigm
     import flax.linen as nn

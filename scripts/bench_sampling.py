@@ -1,11 +1,18 @@
-"""Times class-conditional sampling of VAR-d16 (random weights, 256px, CFG on) in arjax and counts
-forward passes against next-token LlamaGen-B. With --official PATH (a local checkout of the official
-VAR repository; never vendored here) it also times the official PyTorch sampler on the same batch. With
---compare REV it also times the same sampler in a git worktree of revision REV (e.g. the commit before a
-refactor), each in its own process, alternating A/B/A/B, and prints the ratio.
+"""Sampling speed of VAR-d16 and LlamaGen-B (random weights, 256 px, batch 2, CFG on), arjax in f32 / bf16 / int8
+against the official PyTorch samplers in f32 / bf16, measured side by side in one run on this machine.
 
-  JAX_PLATFORMS=cpu python scripts/bench_sampling.py --batch 2 [--official /path/to/VAR] [--repeats 2] \
+  JAX_PLATFORMS=cpu python scripts/bench_sampling.py [--batch 2] [--repeats 2] \
+      [--official-var /path/to/VAR] [--official-llamagen /path/to/LlamaGen] [--models var,llamagen] \
       [--compare REV]
+
+Official code is read from local checkouts (never vendored). VAR is timed image-out (tokens + VQ decode, as
+`autoregressive_infer_cfg` returns images) and tokens-only; LlamaGen tokens-only (its `generate`). bf16 is
+`torch.autocast` for VAR (its sample script) and bf16 weights for LlamaGen (its sample script's default); arjax's
+is `compute_dtype='bfloat16'` (bf16 weights and caches, f32 accumulation, f32 sampling). Each row prints seconds
+per batch (best of --repeats after a first call), the first call's extra time (compile), tokens/s, the ratio to the
+official bf16 sampler and the 1-minute load average; figures taken with load > 0.5 are marked as such. Greedy
+(temperature 0) token agreement of bf16 / int8 with arjax f32 is printed per model. `--compare REV` times arjax
+VAR-d16 in a git worktree of REV in its own process (A/B/A/B).
 """
 from __future__ import annotations
 
@@ -20,15 +27,26 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 from arjax import config as config_lib  # noqa: E402
 from arjax import registry  # noqa: E402
+from arjax.paradigms import next_scale  # noqa: E402
+from arjax.sampling import loop  # noqa: E402
+
+CONFIGS = {"var": "configs/imagenet256/var_d16.py", "llamagen": "configs/imagenet256/llamagen_b.py"}
+MODES = {"f32": dict(compute_dtype="float32"), "bf16": dict(compute_dtype="bfloat16"),
+         "int8": dict(compute_dtype="bfloat16", int8=True)}
+
+
+def load() -> float:
+  return os.getloadavg()[0]
 
 
 def build(config_path: str):
-  """(model, random params) for a config, tokenizer randomly initialised."""
+  """(cfg, model, random params) for a config, tokenizer randomly initialised."""
   cfg = config_lib.load_config(config_path)
   model = registry.build_model(cfg)
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), None))
@@ -46,6 +64,133 @@ def time_call(fn, repeats: int):
     jax.block_until_ready(fn())
     best = min(best, time.perf_counter() - t)
   return first, best
+
+
+def token_sampler(model, extra=None):
+  """A jitted tokens-only sampler (the paradigm's sample_tokens through the sampler decorator)."""
+  fn = loop.sampler(extra)(lambda self, params, cond, rng, opts: jax.tree.leaves(
+      self.sample_tokens(params, cond, rng, opts))[0])
+  return lambda params, cond, rng, **opts: fn(model, params, cond, rng, **opts)
+
+
+def arjax_rows(name: str, batch: int, repeats: int):
+  """Timing rows for arjax (every precision; VAR also image-out) and the greedy agreement with f32."""
+  cfg, model, params = build(os.path.join(ROOT, CONFIGS[name]))
+  cond = {"label": jnp.arange(batch, dtype=jnp.int32) % model.num_classes}
+  tokens_fn = token_sampler(model, next_scale.SAMPLE_OPTIONS if name == "var" else None)
+  opts = dict(cfg.sample)
+  rows, greedy = [], {}
+  for mode, prec in MODES.items():
+    targets = [("tokens", tokens_fn)] + ([("image", model.sample)] if name == "var" else [])
+    for what, fn in targets:
+      run = lambda fn=fn: fn(params, cond, jax.random.PRNGKey(0), **opts, **prec)
+      first, best = time_call(run, repeats)
+      rows.append(dict(model=name, impl="arjax", mode=mode, what=what, seconds=best, compile=first - best,
+                       tokens=batch * model.num_tokens, load=load()))
+      print(json.dumps(rows[-1]), flush=True)
+    greedy[mode] = np.asarray(tokens_fn(params, cond, jax.random.PRNGKey(0), **dict(opts, temperature=0.0), **prec))
+  agree = {m: float((greedy[m] == greedy["f32"]).mean()) for m in ("bf16", "int8")}
+  return rows, agree, model.num_tokens
+
+
+def official_var(path: str, batch: int, repeats: int, opts: dict, tokens_per_image: int):
+  """Rows for the official VAR-d16 autoregressive_infer_cfg (random weights) in f32 and bf16 autocast."""
+  import types
+
+  import torch
+  sys.path.insert(0, path)
+  if "huggingface_hub" not in sys.modules:
+    try:
+      import huggingface_hub  # noqa: F401
+    except ImportError:
+      stub = types.ModuleType("huggingface_hub")
+      stub.PyTorchModelHubMixin = object
+      sys.modules["huggingface_hub"] = stub
+  from models import build_vae_var
+  torch.set_grad_enabled(False)
+  vae, var_model = build_vae_var(device="cpu", depth=16, flash_if_available=False, fused_if_available=False)
+  for param in list(vae.parameters()) + list(var_model.parameters()):  # build_vae_var leaves them uninitialised
+    param.normal_(0, 0.02)
+  var_model.eval()
+  label = torch.arange(batch) % 1000
+  rows = []
+  for mode in ("f32", "bf16"):
+    def run():
+      with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):  # VAR's cfg=c ramps 1 -> 1 + c
+        var_model.autoregressive_infer_cfg(B=batch, label_B=label, g_seed=0, cfg=opts["cfg_scale"] - 1,
+                                           top_k=opts["top_k"], top_p=opts["top_p"])
+    first, best = time_call(lambda: run() or jnp.zeros(()), repeats)
+    rows.append(dict(model="var", impl="official", mode=mode, what="image", seconds=best, compile=first - best,
+                     tokens=batch * tokens_per_image, load=load()))
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def official_llamagen(path: str, batch: int, repeats: int, opts: dict):
+  """Rows for the official LlamaGen GPT-B `generate` (random weights, 256 tokens) in f32 and bf16 weights."""
+  import torch
+  sys.path.insert(0, path)
+  from autoregressive.models.generate import generate
+  from autoregressive.models.gpt import GPT_models
+  torch.set_grad_enabled(False)
+  rows = []
+  for mode, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
+    torch.manual_seed(0)
+    model = GPT_models["GPT-B"](vocab_size=16384, block_size=256, num_classes=1000, cls_token_num=1,
+                                model_type="c2i").to(dtype).eval()
+    cond = torch.arange(batch) % 1000
+    run = lambda: generate(model, cond, 256, cfg_scale=opts["cfg_scale"], temperature=opts["temperature"],
+                           top_k=opts["top_k"], top_p=opts["top_p"], sample_logits=True)
+    first, best = time_call(lambda: run() and jnp.zeros(()), repeats)
+    rows.append(dict(model="llamagen", impl="official", mode=mode, what="tokens", seconds=best,
+                     compile=first - best, tokens=batch * 256, load=load()))
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def table(rows) -> str:
+  """Markdown table; ratio = seconds / official bf16 seconds of the same model and output."""
+  ref = {(r["model"], r["what"]): r["seconds"] for r in rows if r["impl"] == "official" and r["mode"] == "bf16"}
+  lines = ["| model | output | sampler | precision | s / batch | tokens/s | compile s | / official bf16 | load |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    ratio = ref.get((r["model"], r["what"]))
+    vs = "" if ratio is None else f"{r['seconds'] / ratio:.2f}x"
+    lines.append(f"| {r['model']} | {r['what']} | {r['impl']} | {r['mode']} | {r['seconds']:.2f} | "
+                 f"{r['tokens'] / r['seconds']:.0f} | {r['compile']:.1f} | "
+                 f"{vs} | {r['load']:.2f}"
+                 f"{' (loaded)' if r['load'] > 0.5 else ''} |")
+  return "\n".join(lines)
+
+
+def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32):
+  """ms per decoded token of LlamaGen-B's transformer (bf16, CFG batch) with the cache filled to each length."""
+  from arjax import masks
+  from arjax.nn import quant
+  from arjax.nn.transformer import Transformer, TransformerConfig
+  cfg = config_lib.load_config(os.path.join(ROOT, CONFIGS["llamagen"]))
+  tcfg = TransformerConfig.make(cfg.model.transformer, width=cfg.model.width, max_len=max(lengths))
+  net = Transformer(tcfg)
+  rows = 2 * batch
+  x = jnp.zeros((rows, 1, tcfg.width))
+  params = quant.cast(nn.meta.unbox(net.init(jax.random.PRNGKey(0), x, masks.causal())["params"]), jnp.bfloat16)
+
+  @jax.jit
+  def decode(params, cache):
+    body = lambda i, c: net.apply({"params": params}, x, masks.causal(), cache=c)[1]
+    return jax.lax.fori_loop(0, steps, body, cache)
+
+  out = {}
+  for length in lengths:  # the last `steps` tokens of a `length`-token sequence
+    cache = quant.cast(tcfg.init_cache(rows, length), jnp.bfloat16)
+    filled = jnp.arange(length) < length - steps
+    cache = cache.replace(end_B=jnp.full((rows,), length - steps, jnp.int32),
+                          pos_BS=jnp.broadcast_to(jnp.where(filled, jnp.arange(length), -1), (rows, length)))
+    _, best = time_call(lambda: decode(params, cache), 2)
+    out[length] = 1e3 * best / steps
+  print("per-token decode (LlamaGen-B transformer, bf16, batch %d with CFG): " % batch +
+        ", ".join(f"{n} tokens {ms:.1f} ms" for n, ms in out.items()) +
+        f"; {max(lengths)} / {min(lengths)} = {out[max(lengths)] / out[min(lengths)]:.2f}x; load {load():.2f}")
 
 
 # Run in a subprocess with a checkout's root first on sys.path: prints {"best": s, "first": s} for VAR-d16.
@@ -86,62 +231,39 @@ def compare(rev: str, batch: int, repeats: int, rounds: int = 2):
   return min(now), min(then)
 
 
-def official_var_seconds(path: str, batch: int, repeats: int, cfg: float, top_k: int, top_p: float):
-  """Best wall time of the official VAR-d16 autoregressive_infer_cfg (random weights) on CPU."""
-  import types
-  import torch
-  sys.path.insert(0, path)
-  if "huggingface_hub" not in sys.modules:
-    try:
-      import huggingface_hub  # noqa: F401
-    except ImportError:
-      stub = types.ModuleType("huggingface_hub")
-      stub.PyTorchModelHubMixin = object
-      sys.modules["huggingface_hub"] = stub
-  from models import build_vae_var
-  torch.set_grad_enabled(False)
-  vae, var_model = build_vae_var(device="cpu", depth=16, flash_if_available=False, fused_if_available=False)
-  for param in list(vae.parameters()) + list(var_model.parameters()):  # build_vae_var leaves them uninitialised
-    param.normal_(0, 0.02)
-  var_model.eval()
-  label = torch.arange(batch) % 1000
-  best = float("inf")
-  for _ in range(repeats + 1):
-    t = time.perf_counter()
-    var_model.autoregressive_infer_cfg(B=batch, label_B=label, g_seed=0, cfg=cfg, top_k=top_k, top_p=top_p)
-    best = min(best, time.perf_counter() - t)
-  return best
-
-
 def main():
-  p = argparse.ArgumentParser(description=__doc__)
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--repeats", type=int, default=2)
-  p.add_argument("--official", default="", help="local checkout of the official VAR repository")
+  p.add_argument("--models", default="var,llamagen")
+  p.add_argument("--official-var", default="", help="local checkout of the official VAR repository")
+  p.add_argument("--official-llamagen", default="", help="local checkout of the official LlamaGen repository")
+  p.add_argument("--decode-scaling", action="store_true", help="per-token decode cost at 64 / 256 / 1024 tokens")
   p.add_argument("--compare", default="", help="git revision to time side by side (e.g. the commit before a change)")
   a = p.parse_args()
   if a.compare:
     now, then = compare(a.compare, a.batch, a.repeats)
     print(f"VAR-d16 sampling, batch {a.batch}, best of {a.repeats} x 2 processes each: this checkout {now:.2f} s, "
-          f"{a.compare} {then:.2f} s; ratio now / then = {now / then:.2f}")
+          f"{a.compare} {then:.2f} s; ratio now / then = {now / then:.2f}; load {load():.2f}")
     return
-  cfg, model, params = build(os.path.join(ROOT, "configs/imagenet256/var_d16.py"))
-  labels = jnp.arange(a.batch, dtype=jnp.int32) % model.num_classes
-  opts = dict(cfg.sample)
-  first, best = time_call(lambda: model.sample(params, {"label": labels}, jax.random.PRNGKey(0), **opts), a.repeats)
-  lg_cfg = config_lib.load_config(os.path.join(ROOT, "configs/imagenet256/llamagen_b.py"))
-  lg_tokens = 16 * 16
-  print(f"device: {jax.devices()[0].device_kind}, batch {a.batch}, 256px, CFG {opts['cfg_scale']} "
-        f"({opts['cfg_schedule']}), top_k {opts['top_k']}, top_p {opts['top_p']}")
-  print(f"arjax VAR-d16: {best:.2f} s per batch (first call incl. compile {first:.1f} s); "
-        f"{len(model.patch_nums)} forward passes over {model.num_tokens} tokens")
-  print(f"next-token LlamaGen-B ({lg_cfg.model.transformer.depth} layers): {lg_tokens} forward passes over "
-        f"{lg_tokens} tokens -> {lg_tokens / len(model.patch_nums):.1f}x more passes than VAR")
-  if a.official:
-    # VAR's cfg=c ramps 1 -> 1+c, i.e. arjax cfg_scale = 1 + c
-    sec = official_var_seconds(a.official, a.batch, a.repeats, opts["cfg_scale"] - 1, opts["top_k"], opts["top_p"])
-    print(f"official VAR-d16 (PyTorch, same machine and batch): {sec:.2f} s per batch; "
-          f"time ratio arjax / official = {best / sec:.2f}")
+  print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, batch {a.batch}, load {load():.2f}", flush=True)
+  if a.decode_scaling:
+    decode_scaling(a.batch)
+    return
+  rows, agree = [], {}
+  for name in a.models.split(","):
+    cfg = config_lib.load_config(os.path.join(ROOT, CONFIGS[name]))
+    model_rows, agree[name], num_tokens = arjax_rows(name, a.batch, a.repeats)
+    official = a.official_var if name == "var" else a.official_llamagen
+    if official and name == "var":
+      rows += official_var(official, a.batch, a.repeats, dict(cfg.sample), num_tokens)
+    elif official:
+      rows += official_llamagen(official, a.batch, a.repeats, dict(cfg.sample))
+    rows += model_rows
+  print(table(rows))
+  for name, agreement in agree.items():
+    print(f"{name}: greedy-token agreement with arjax f32: " +
+          ", ".join(f"{m} {100 * v:.1f}%" for m, v in agreement.items()))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_idx_BQ=None, k_idx_BK=None,
   q_idx_BQ = jnp.arange(lq, dtype=jnp.int32)[None] if q_idx_BQ is None else jnp.asarray(q_idx_BQ)
   k_idx_BK = jnp.arange(lk, dtype=jnp.int32)[None] if k_idx_BK is None else jnp.asarray(k_idx_BK)
   scale = d ** -0.5 if sm_scale is None else sm_scale
-  q = q_BQHD.reshape(b, lq, g, h // g, d)
+  q = q_BQHD.astype(k_BKGD.dtype).reshape(b, lq, g, h // g, d)  # a bf16 cache: bf16 operands, f32 accumulation
   logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_BKGD, preferred_element_type=jnp.float32) * scale
   allowed_BQK = mask.allowed(q_idx_BQ, k_idx_BK) & (k_idx_BK >= 0)[:, None, :]
   allowed = jnp.broadcast_to(allowed_BQK[:, None, None], (b, 1, 1, lq, lk))
@@ -51,8 +51,8 @@ def xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_idx_BQ=None, k_idx_BK=None,
   p = jnp.exp(logits - m)
   denom = p.sum(-1, keepdims=True)
   p = p / jnp.where(denom == 0, 1.0, denom)
-  out = jnp.einsum("bgrqk,bkgd->bqgrd", p.astype(v_BKGD.dtype), v_BKGD)
-  return out.reshape(b, lq, h, d)
+  out = jnp.einsum("bgrqk,bkgd->bqgrd", p.astype(v_BKGD.dtype), v_BKGD, preferred_element_type=jnp.float32)
+  return out.reshape(b, lq, h, d).astype(q_BQHD.dtype)
 
 
 def _dispatch(impl, reason, mask, q, k, xla, pallas):

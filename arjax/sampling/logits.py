@@ -10,8 +10,13 @@ NEG_INF = -1e30
 
 
 def top_k_filter(logits_BV, k):
-  """Keeps the k largest logits per row (k <= 0 or k >= V keeps all); k may be traced."""
+  """Keeps the k largest logits per row (k <= 0 or k >= V keeps all); k may be traced. A static k costs one
+  lax.top_k (no filter at all when it keeps everything), a traced one a full sort."""
   v = logits_BV.shape[-1]
+  if isinstance(k, int):
+    if k <= 0 or k >= v:
+      return logits_BV
+    return jnp.where(logits_BV < jax.lax.top_k(logits_BV, k)[0][..., -1:], NEG_INF, logits_BV)
   k = jnp.clip(jnp.where(k <= 0, v, k), 1, v)
   kth = jnp.take_along_axis(jnp.sort(logits_BV, axis=-1), jnp.full(logits_BV.shape[:-1] + (1,), v - k),
                             axis=-1)
@@ -19,7 +24,10 @@ def top_k_filter(logits_BV, k):
 
 
 def top_p_filter(logits_BV, p):
-  """Nucleus filter: keeps the smallest set of top tokens whose probability reaches p (p >= 1 keeps all)."""
+  """Nucleus filter: keeps the smallest set of top tokens whose probability reaches p (p >= 1 keeps all; a static
+  p >= 1 skips the sort)."""
+  if isinstance(p, (int, float)) and p >= 1.0:
+    return logits_BV
   order = jnp.argsort(-logits_BV, axis=-1)
   sorted_logits = jnp.take_along_axis(logits_BV, order, axis=-1)
   probs = jax.nn.softmax(sorted_logits, axis=-1)

@@ -12,6 +12,7 @@ size differs from its neighbours' (a VAR scale) is its own, unrolled step.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple
@@ -20,7 +21,12 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from arjax.nn import quant
 from arjax.sampling import guidance as guidance_lib
+
+# Inference precision (arjax.nn.quant): params are cast once per call (or their Dense kernels quantised to int8),
+# KV caches are held in the compute dtype; logits, softmax and sampling stay f32.
+PRECISION = dict(compute_dtype="bfloat16", int8=False)
 
 
 @flax.struct.dataclass
@@ -61,6 +67,10 @@ def runs(sizes):
 
 
 def init_state(out, feed, cache, batch: int, rng) -> State:
+  """The loop's first state; inside a `sampler` the cache is cast to the compute dtype."""
+  dtype = quant.current()
+  if dtype is not None and cache is not None:
+    cache = quant.cast(cache, dtype)
   return State(out=out, feed=feed, cache=cache, done_B=jnp.zeros((batch,), bool), rng=rng)
 
 
@@ -101,7 +111,7 @@ def run(steps: Steps, params, sizes, state: State, guidance: guidance_lib.Guidan
 
 def options(opts: dict, extra: dict | None = None) -> dict:
   """Sampling options over the one set of defaults (plus a paradigm's own); an unknown name is an error."""
-  allowed = dict(guidance_lib.DEFAULTS, **(extra or {}))
+  allowed = dict(guidance_lib.DEFAULTS, **PRECISION, **(extra or {}))
   unknown = sorted(set(opts) - set(allowed))
   if unknown:
     raise ValueError(f"unknown sampling option(s) {unknown}; this paradigm takes {sorted(allowed)}")
@@ -110,18 +120,26 @@ def options(opts: dict, extra: dict | None = None) -> dict:
 
 def sampler(extra: dict | None = None):
   """Decorates `fn(self, params, cond, rng, opts) -> images` into a jitted `sample(params, cond, rng, **opts)`:
-  options are checked against the defaults (+ `extra`), temperature is traced, the others are static."""
+  options are checked against the defaults (+ `extra`), temperature is traced, the others are static; params
+  run in `compute_dtype` (int8 Dense kernels with `int8`), and `fn` does not see those two options."""
 
   def wrap(fn):
-    @functools.partial(jax.jit, static_argnums=(0, 4))
-    def jitted(self, params, cond, rng, static_items, temperature):
-      return fn(self, params, cond, rng, dict(static_items, temperature=temperature))
+    @functools.partial(jax.jit, static_argnums=(0, 5))
+    def jitted(self, params, tokenizer_params, cond, rng, static_items, temperature):
+      opts = dict(static_items, temperature=temperature)
+      dtype, int8 = quant.dtype_of(opts.pop("compute_dtype")), opts.pop("int8")
+      if tokenizer_params is not None:  # an argument, not a closed-over constant (compile time)
+        self = copy.copy(self)
+        self.tokenizer_params = tokenizer_params
+      with quant.compute(dtype):
+        return fn(self, quant.for_inference(params, dtype, int8), cond, rng, opts)
 
     @functools.wraps(fn)
     def sample(self, params, cond, rng, **opts):
       o = options(opts, extra)
       temperature = o.pop("temperature")
-      return jitted(self, params, cond, rng, tuple(sorted(o.items())), temperature)
+      return jitted(self, params, getattr(self, "tokenizer_params", None), cond, rng, tuple(sorted(o.items())),
+                    temperature)
 
     return sample
 

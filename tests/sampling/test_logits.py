@@ -79,3 +79,9 @@ def test_guided_draw_matches_combined_logits():
   want = uncond + scale * (cond - uncond)  # argmax 1
   got = L.draw(jax.random.PRNGKey(0), jnp.concatenate([cond, uncond]), scale, temperature=0.0)
   assert got.shape == (1,) and int(got[0]) == int(jnp.argmax(want))
+
+
+@pytest.mark.parametrize("k", [1, 4, 0, 12])
+def test_top_k_static_path_equals_traced_sort(k):
+  x = jnp.asarray(np.random.default_rng(k).normal(size=(5, 12)).astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(L.top_k_filter(x, k)), np.asarray(jax.jit(L.top_k_filter)(x, k)))

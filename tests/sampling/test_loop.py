@@ -72,4 +72,4 @@ def test_guidance_scale_reaches_the_head_and_options_are_checked():
   np.testing.assert_array_equal(out[0], [3.0, 6.0])  # constant schedule: scale 3 at every unit
   with pytest.raises(ValueError, match="unknown sampling option"):
     loop.options(dict(topk=3))
-  assert loop.options(dict(top_k=3), dict(steps=None)) == dict(guidance.DEFAULTS, top_k=3, steps=None)
+  assert loop.options(dict(top_k=3), dict(steps=None)) == dict(guidance.DEFAULTS, **loop.PRECISION, top_k=3, steps=None)
