@@ -38,6 +38,9 @@ def get_config(arg=None):
   c.optim.update(lr=1e-3, warmup_steps=100, weight_decay=0.05, b2=0.95)
   c.train.update(steps=1200, log_every=50, ckpt_every=400, ema_decay=0.995, num_sample_images=8)
   c.sample.update(temperature=1.0, cfg_scale=1.0)
+  # streamed 32-frame videos with a prompt switch at frame 16, judged per frame (arjax.eval.video); every=0: run it
+  # with python -m arjax.evaluate (streaming evaluation is slow on a CPU)
+  c.evals.video = dict(type="video_judge", every=0, num_samples=32, batch_size=16, frames=32, switch_at=16, after=4)
   if arg.long:
     c.model.train_mode = "long"
     c.data.update(frames=64, batch_size=8)
