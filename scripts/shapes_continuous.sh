@@ -7,7 +7,7 @@
 # its DONE file is missing. A finished run is resumed at its last step, i.e. skipped.
 # Environment: RUNS (output folder, default runs); STEPS_MUL=2 trains 2x the config's steps into <name>_2x;
 # ARJAX_NO_INSTALL=1 uses the current python as is (e.g. a GPU machine with JAX_PLATFORMS=cuda) instead of
-# scripts/_env.sh (which pip-installs arjax and defaults JAX_PLATFORMS to cpu).
+# scripts/_env.sh (which pip-installs arjax and defaults JAX_PLATFORMS to cpu); PYTHON names it (default python).
 if [ -n "${ARJAX_NO_INSTALL:-}" ]; then
   set -euo pipefail
   cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,13 +15,14 @@ else
   source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 fi
 runs="${RUNS:-runs}"
+py="${PYTHON:-python}"
 mul="${STEPS_MUL:-1}"
 [ $# -gt 0 ] || set -- mar acdit flowar xar
 
 train() {  # train WORKDIR CONFIG [overrides...]: the command is kept in WORKDIR/command.txt for the table
   local workdir=$1; shift
   mkdir -p "$workdir"
-  local cmd="python -m arjax.main --config $* --workdir $workdir"
+  local cmd="$py -m arjax.main --config $* --workdir $workdir"
   echo "$cmd" > "$workdir/command.txt"
   echo "== $cmd" >&2
   $cmd
@@ -46,15 +47,15 @@ for name in "$@"; do
   tokenizer "$tok"
   workdir="$runs/$name"
   if [ "$mul" != 1 ]; then
-    steps=$(python -c "from arjax import config; print(config.load_config('$config').train.steps * $mul)")
+    steps=$($py -c "from arjax import config; print(config.load_config('$config').train.steps * $mul)")
     workdir="$runs/${name}_${mul}x"
     extra+=("--config.train.steps=$steps")
   fi
   # the in-training judge is off: paradigm_table.py --measure judges the final EMA params once (with FID and timing)
   [ "$name" = nt ] || extra+=("--config.evals.judge.every=0")
   train "$workdir" "$config" "--config.tokenizer.workdir=$runs/$tok" "${extra[@]}"
-  python scripts/paradigm_table.py --measure "$workdir"  # DIR/table.json, right away (a later stop keeps it)
+  $py scripts/paradigm_table.py --measure "$workdir"  # DIR/table.json, right away (a later stop keeps it)
   workdirs+=("$workdir")
 done
 vae=(); [ ! -f "$runs/vae/DONE" ] || vae=(--vae "$runs/vae")
-python scripts/paradigm_table.py --measure "${vae[@]}" "${workdirs[@]}"
+$py scripts/paradigm_table.py --measure "${vae[@]}" "${workdirs[@]}"
