@@ -36,6 +36,7 @@ DEFAULTS = {
     "pr": dict(COMMON, **SAMPLING, **FEATURES),
     "bpd": dict(COMMON),
     "video_judge": dict(COMMON, **SAMPLING, weights="", frames=32, switch_at=16, after=4),
+    "caption": dict(COMMON, sample_opts={}),  # image -> text caption accuracy (arjax.eval.interleaved)
 }
 DEFAULT_JUDGE_PATH = os.path.expanduser("~/.cache/arjax/shapes_judge.npz")
 
@@ -251,8 +252,13 @@ def _video_judge(*args):
   return video.VideoJudgeEval(*args)
 
 
+def _caption_eval(*args):
+  from arjax.eval.interleaved import CaptionEval  # imports this module: resolved on use
+  return CaptionEval(*args)
+
+
 TYPES = {"judge": JudgeEval, "fid": FeatureEval, "is": FeatureEval, "pr": FeatureEval, "bpd": BpdEval,
-         "video_judge": _video_judge}
+         "video_judge": _video_judge, "caption": _caption_eval}
 
 
 def build_evaluators(evals_cfg, model, workdir: str, data_cfg=None, sample_cfg=None) -> list:
