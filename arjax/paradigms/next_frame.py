@@ -358,11 +358,13 @@ class Stream:
       raise ValueError("full=True (frame-causal attention over a contiguous cache) needs max_frames >= 1")
     self.model, self.opts, self.rng, self.frame = model, opts, rng, 0
     dtype = quant.dtype_of(opts["compute_dtype"])
-    self.params = quant.for_inference(params, dtype, opts["int8"])  # quantised once
+    # quantised once; params and state committed to one device (else the second step compiles again)
+    device = jax.local_devices()[0]
+    self.params = jax.device_put(quant.for_inference(params, dtype, opts["int8"]), device)
     self.weight_bytes = quant.weight_bytes(self.params)
     self.state = model.empty_state(2 * labels.shape[0] if opts["cfg_scale"] != 1.0 else labels.shape[0],
                                    opts["max_frames"] if opts["full"] else 0, dtype)
-    self.state = self.state.replace(labels_B=rows_for(labels, model.num_classes, opts))
+    self.state = jax.device_put(self.state.replace(labels_B=rows_for(labels, model.num_classes, opts)), device)
     statics = tuple(sorted((k, v) for k, v in opts.items() if k != "temperature"))
     self._step = jax.jit(functools.partial(_step, model, statics), donate_argnums=(1,))
     self._recache = jax.jit(functools.partial(_recache, model, statics), donate_argnums=(1,))
