@@ -58,11 +58,12 @@ def main():
   p.add_argument("--num", type=int, default=6, help="captions (the first of the test split)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--eval", type=int, default=0, help="test examples for the two evaluators (0: skip)")
+  p.add_argument("--ema", type=int, default=0, help="1: the EMA params (0: the raw ones, for short runs)")
   a = p.parse_args()
   cfg = config_lib.load_config(a.config)
   cfg.tokenizer.workdir = a.tokenizer
   model = registry.build_model(cfg)
-  params = checkpoint.load_params(os.path.join(a.workdir, "checkpoints"), ema=True)
+  params = checkpoint.load_params(os.path.join(a.workdir, "checkpoints"), ema=bool(a.ema))
   opts = dict(cfg.sample)
   source = pipeline.make_source(cfg.data, "test", a.num)
   captions = [source[i]["caption"] for i in range(a.num)]
@@ -70,7 +71,7 @@ def main():
   t0 = time.time()
   first = np.asarray(model.text_to_image(params, captions, jax.random.fold_in(rng, 0), **opts))
   described = model.image_to_text(params, first, jax.random.fold_in(rng, 1), **dict(opts, temperature=0.0))
-  second = np.asarray(model.text_to_image(params, [d or " " for d in described], jax.random.fold_in(rng, 2), **opts))
+  second = np.asarray(model.text_to_image(params, [d.encode()[:model.max_text].decode("utf-8", "ignore") for d in described], jax.random.fold_in(rng, 2), **opts))
   size = cfg.data.image_size
   panel([[c, i1, d, i2] for c, i1, d, i2 in zip(captions, first, described, second)], "titi", size, a.out)
   stream = model.generate(params, captions, jax.random.fold_in(rng, 3), **dict(opts, temperature=0.0))["segments"]
