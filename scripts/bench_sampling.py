@@ -238,6 +238,7 @@ def main():
   p.add_argument("--models", default="var,llamagen")
   p.add_argument("--official-var", default="", help="local checkout of the official VAR repository")
   p.add_argument("--official-llamagen", default="", help="local checkout of the official LlamaGen repository")
+  p.add_argument("--readme", action="store_true", help="write the table into README.md between its bench markers")
   p.add_argument("--decode-scaling", action="store_true", help="per-token decode cost at 64 / 256 / 1024 tokens")
   p.add_argument("--compare", default="", help="git revision to time side by side (e.g. the commit before a change)")
   a = p.parse_args()
@@ -260,10 +261,24 @@ def main():
     elif official:
       rows += official_llamagen(official, a.batch, a.repeats, dict(cfg.sample))
     rows += model_rows
-  print(table(rows))
-  for name, agreement in agree.items():
-    print(f"{name}: greedy-token agreement with arjax f32: " +
-          ", ".join(f"{m} {100 * v:.1f}%" for m, v in agreement.items()))
+  text = "\n".join([table(rows)] + [f"{name}: greedy-token agreement with arjax f32: " + ", ".join(
+      f"{m} {100 * v:.1f}%" for m, v in agreement.items()) for name, agreement in agree.items()])
+  print(text)
+  if a.readme:
+    write_readme(text, f"`JAX_PLATFORMS=cpu python scripts/bench_sampling.py {' '.join(sys.argv[1:])}` "
+                       f"({os.cpu_count()} cpus, batch {a.batch})")
+
+
+def write_readme(text: str, how: str, path: str = os.path.join(ROOT, "README.md")):
+  """Replaces the text between README's `<!-- bench_sampling -->` and `<!-- /bench_sampling -->` lines."""
+  with open(path) as f:
+    readme = f.read()
+  start, end = "<!-- bench_sampling -->", "<!-- /bench_sampling -->"
+  if start not in readme or end not in readme:
+    raise ValueError(f"{path} has no {start} ... {end} block to write the table into")
+  head, rest = readme.split(start, 1)
+  with open(path, "w") as f:
+    f.write(f"{head}{start}\n{how}:\n\n{text}\n{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":
