@@ -116,8 +116,9 @@ def main():
   print("latency", res["latency"], flush=True)
   k = np.arange(1, n_max + 1)
   smooth = lambda t: np.convolve(t, np.ones(8) / 8, mode="same") * 1000
-  line_plot(f"{args.out}/longlive_latency.png", {"window+sink (ring)": (k[4:-4], smooth(ring_t)[4:-4]),
-                                                 "full causal": (k[4:-4], smooth(full_t)[4:-4])},
+  keep = slice(16, -4)  # past the first frames (compilation)
+  line_plot(f"{args.out}/longlive_latency.png", {"window+sink (ring)": (k[keep], smooth(ring_t)[keep]),
+                                                 "full causal": (k[keep], smooth(full_t)[keep])},
             f"per-frame latency (ms, batch 1, {load()})", "frame", "ms")
   per_frame = ring[marks[0]]["allocated"] // (model.sink + model.window)
   line_plot(f"{args.out}/longlive_kv_bytes.png",
@@ -138,7 +139,7 @@ def main():
                                shape_consistency=video.consistency(pred["shape"], want), pixel_jump_at_switch=jump)
     curves[mode] = (np.arange(-4, after_n), acc[before - 4:])
     if mode == "recache":
-      stream_video.write_video(vid[:4], f"{args.out}/longlive_switch.gif", fps=6, scale=2)
+      stream_video.write_video(vid[:4], f"{args.out}/longlive_switch.gif", fps=6, scale=1)
   print("switch", res["switch"], flush=True)
   line_plot(f"{args.out}/longlive_switch.png", curves, "judge adherence to the new prompt around the switch",
             "frames after the switch", "accuracy")
