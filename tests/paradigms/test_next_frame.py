@@ -2,6 +2,7 @@
 prefill of the kept frames (and without it the stream still depends on the old prompt); KV bytes stop growing;
 10x the clip length streams; both training modes give finite losses, long tuning sends no gradient into the
 detached cache; bad input is a ValueError."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,3 +155,47 @@ def test_bad_input_errors(model, params):
     s.switch(jnp.asarray([0, 1]), mode="jump")
   with pytest.raises(ValueError, match="unknown sampling option"):
     model.stream(params, jnp.asarray([0]), jax.random.PRNGKey(0), window=3)
+
+
+def test_int8_stream_weights_within_the_rounding_bound():
+  """stream(int8=True) quantises every large Dense kernel once: |w - q * scale| <= scale / 2 per weight."""
+  from arjax.nn import quant
+  model = build(width=48)  # kernels of >= 4096 weights (quant.quantize's min_size)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), None))
+  s = model.stream(params, jnp.asarray([0, 1]), jax.random.PRNGKey(0), compute_dtype="float32", int8=True)
+  flat_q = jax.tree_util.tree_leaves_with_path(s.params, is_leaf=lambda x: isinstance(x, quant.Int8))
+  flat_w = dict(jax.tree_util.tree_leaves_with_path(params))
+  checked = 0
+  for path, leaf in flat_q:
+    if isinstance(leaf, quant.Int8):
+      w = np.asarray(flat_w[path])
+      err = np.abs(w - np.asarray(leaf.q, np.float32) * np.asarray(leaf.scale))
+      assert (err <= np.asarray(leaf.scale) / 2 + 1e-7).all(), path
+      checked += 1
+  assert checked and s.weight_bytes < quant.weight_bytes(params)
+
+
+def test_skip_window_sink_views_agree_and_match_the_definition():
+  rs = np.random.default_rng(0)
+  for _ in range(150):
+    blk, nb, w, s = (int(v) for v in (rs.integers(1, 4), rs.integers(1, 5), rs.integers(1, 4), rs.integers(0, 3)))
+    spec = masks.skip_window_sink(blk, nb, w, s)
+    q_len, kv_len, off, bq, bk = (int(v) for v in rs.integers(1, 24, 5))
+    dense = spec.dense(q_len, kv_len, off % 8)
+    np.testing.assert_array_equal(spec.evaluate(q_len, kv_len, off % 8), dense)
+    table = spec.block_table(q_len, kv_len, bq, bk, off % 8)
+    for i in range(table.shape[0]):
+      for j in range(table.shape[1]):
+        blk_ij = np.zeros((bq, bk), bool)
+        sub = dense[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
+        blk_ij[:sub.shape[0], :sub.shape[1]] = sub
+        assert table[i, j] == (masks.FULL if blk_ij.all() else masks.PARTIAL if blk_ij.any() else masks.EMPTY)
+  n = 2 * 6
+  d = masks.skip_window_sink(2, 6, 3, 1).dense(2 * n, 2 * n)
+  for q in range(2 * n):
+    for k in range(2 * n):
+      qb, kb, q_noised, k_noised = (q % n) // 2, (k % n) // 2, q >= n, k >= n
+      near = qb - kb < 3 or kb < 1
+      want = (not k_noised and kb <= qb and near) if not q_noised else (
+          (k_noised and kb == qb) or (not k_noised and kb < qb and near))
+      assert d[q, k] == want
