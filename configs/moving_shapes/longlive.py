@@ -6,7 +6,7 @@
   python -m arjax.main --config configs/moving_shapes/longlive.py:long --workdir runs/longlive_long \
       --config.tokenizer.workdir=runs/vae --config.train.steps=1350
   python scripts/stream_video.py --config configs/moving_shapes/longlive.py --workdir runs/longlive \
-      --tokenizer runs/vae --frames 256 --switch 64:3,128:6 --out docs/figures/longlive_stream.gif
+      --tokenizer runs/vae --frames 256 --switch 64:3,128:6 --out /tmp/longlive_stream.gif
   python -m arjax.main --config configs/moving_shapes/longlive.py:smoke --workdir /tmp/longlive
 Presets: `vq` frames as the code vectors of the VQ tokenizer (runs/vq) instead of KL-VAE latents; (none) demo size, frame-AR teacher forcing on 16-frame clips; `long` streaming long tuning on 64-frame
 clips (the last `window` frames supervised through a detached ring cache); `smoke` tiny, untrained VAE.
