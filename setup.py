@@ -25,6 +25,7 @@ setup(
         "scipy==1.17.1",
         "tensorboardX==2.6.5",
         "absl-py==2.5.1",
+        "imageio==2.38.1",  # GIF output of scripts/stream_video.py (MP4 needs imageio-ffmpeg)
     ],
     extras_require={
         "test": ["pytest==9.2.0", "hypothesis==6.170.15", "pytest-xdist==3.8.0", "tensorflow-datasets==4.9.10",
