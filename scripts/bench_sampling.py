@@ -83,12 +83,12 @@ def arjax_rows(name: str, batch: int, repeats: int):
   for mode, prec in MODES.items():
     targets = [("tokens", tokens_fn)] + ([("image", model.sample)] if name == "var" else [])
     for what, fn in targets:
-      run = lambda fn=fn: fn(params, cond, jax.random.PRNGKey(0), **opts, **prec)
+      run = lambda fn=fn: fn(params, cond, jax.random.PRNGKey(0), **dict(opts, **prec))
       first, best = time_call(run, repeats)
       rows.append(dict(model=name, impl="arjax", mode=mode, what=what, seconds=best, compile=first - best,
                        tokens=batch * model.num_tokens, load=load()))
       print(json.dumps(rows[-1]), flush=True)
-    greedy[mode] = np.asarray(tokens_fn(params, cond, jax.random.PRNGKey(0), **dict(opts, temperature=0.0), **prec))
+    greedy[mode] = np.asarray(tokens_fn(params, cond, jax.random.PRNGKey(0), **dict(opts, **prec, temperature=0.0)))
   agree = {m: float((greedy[m] == greedy["f32"]).mean()) for m in ("bf16", "int8")}
   return rows, agree, model.num_tokens
 
@@ -119,7 +119,7 @@ def official_var(path: str, batch: int, repeats: int, opts: dict, tokens_per_ima
       with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):  # VAR's cfg=c ramps 1 -> 1 + c
         var_model.autoregressive_infer_cfg(B=batch, label_B=label, g_seed=0, cfg=opts["cfg_scale"] - 1,
                                            top_k=opts["top_k"], top_p=opts["top_p"])
-    first, best = time_call(lambda: run() or jnp.zeros(()), repeats)
+    first, best = time_call(lambda: (run(), jnp.zeros(()))[1], repeats)
     rows.append(dict(model="var", impl="official", mode=mode, what="image", seconds=best, compile=first - best,
                      tokens=batch * tokens_per_image, load=load()))
     print(json.dumps(rows[-1]), flush=True)
@@ -141,15 +141,16 @@ def official_llamagen(path: str, batch: int, repeats: int, opts: dict):
     cond = torch.arange(batch) % 1000
     run = lambda: generate(model, cond, 256, cfg_scale=opts["cfg_scale"], temperature=opts["temperature"],
                            top_k=opts["top_k"], top_p=opts["top_p"], sample_logits=True)
-    first, best = time_call(lambda: run() and jnp.zeros(()), repeats)
+    first, best = time_call(lambda: (run(), jnp.zeros(()))[1], repeats)
     rows.append(dict(model="llamagen", impl="official", mode=mode, what="tokens", seconds=best,
                      compile=first - best, tokens=batch * 256, load=load()))
     print(json.dumps(rows[-1]), flush=True)
   return rows
 
 
-def table(rows) -> str:
-  """Markdown table; ratio = seconds / official bf16 seconds of the same model and output."""
+def table(rows, start_load: float) -> str:
+  """Markdown table; ratio = seconds / official bf16 seconds of the same model and output. `load` is the 1-minute
+  load average after each row (the benchmark's own 2 threads included); a start load > 0.5 marks every row."""
   ref = {(r["model"], r["what"]): r["seconds"] for r in rows if r["impl"] == "official" and r["mode"] == "bf16"}
   lines = ["| model | output | sampler | precision | s / batch | tokens/s | compile s | / official bf16 | load |",
            "|---|---|---|---|---|---|---|---|---|"]
@@ -158,8 +159,7 @@ def table(rows) -> str:
     vs = "" if ratio is None else f"{r['seconds'] / ratio:.2f}x"
     lines.append(f"| {r['model']} | {r['what']} | {r['impl']} | {r['mode']} | {r['seconds']:.2f} | "
                  f"{r['tokens'] / r['seconds']:.0f} | {r['compile']:.1f} | "
-                 f"{vs} | {r['load']:.2f}"
-                 f"{' (loaded)' if r['load'] > 0.5 else ''} |")
+                 f"{vs} | {r['load']:.2f}{' (loaded)' if start_load > 0.5 else ''} |")
   return "\n".join(lines)
 
 
@@ -169,7 +169,7 @@ def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32):
   from arjax.nn import quant
   from arjax.nn.transformer import Transformer, TransformerConfig
   cfg = config_lib.load_config(os.path.join(ROOT, CONFIGS["llamagen"]))
-  tcfg = TransformerConfig.make(cfg.model.transformer, width=cfg.model.width, max_len=max(lengths))
+  tcfg = TransformerConfig.make(cfg.model.transformer, width=cfg.model.width, max_len=max(lengths), pos="rope1d")
   net = Transformer(tcfg)
   rows = 2 * batch
   x = jnp.zeros((rows, 1, tcfg.width))
@@ -247,7 +247,9 @@ def main():
     print(f"VAR-d16 sampling, batch {a.batch}, best of {a.repeats} x 2 processes each: this checkout {now:.2f} s, "
           f"{a.compare} {then:.2f} s; ratio now / then = {now / then:.2f}; load {load():.2f}")
     return
-  print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, batch {a.batch}, load {load():.2f}", flush=True)
+  start_load = load()
+  print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, batch {a.batch}, load before the run "
+        f"{start_load:.2f}", flush=True)
   if a.decode_scaling:
     decode_scaling(a.batch)
     return
@@ -261,7 +263,7 @@ def main():
     elif official:
       rows += official_llamagen(official, a.batch, a.repeats, dict(cfg.sample))
     rows += model_rows
-  text = "\n".join([table(rows)] + [f"{name}: greedy-token agreement with arjax f32: " + ", ".join(
+  text = "\n".join([table(rows, start_load)] + [f"{name}: greedy-token agreement with arjax f32: " + ", ".join(
       f"{m} {100 * v:.1f}%" for m, v in agreement.items()) for name, agreement in agree.items()])
   print(text)
   if a.readme:
