@@ -2,7 +2,7 @@
 
 Part `shapes` (trained models): the shapes next-token model (runs/nt) with the drafter preset (runs/speculative_drafter)
 on the shapes VQ (runs/vq): mean accepted tokens per target pass, NFE, drafter passes, loop rounds, wall-clock per
-method (every method timed in the same process, in alternating order, best of --repeats) and its speedup over plain,
+method (every method timed in the same process, batch by batch in alternating order) and its speedup over plain,
 judge accuracy and judge-FID of --num samples (labels i % 8). Writes a table (markdown + json) and one sample grid
 (a row per method) under --out.
 Part `llamagen` (speed only): LlamaGen-B (configs/imagenet256/llamagen_b.py) with random weights and a random
@@ -57,28 +57,18 @@ def methods(drafter, deltas, sjd_window, draft_window, lantern_k):
   return out
 
 
-def decode_all(model, params, labels, batch, opts, seed=0):
-  """(tokens [n, N], stats of every row, rounds per batch) in batches of `batch`."""
-  toks, st, rounds = [], [], []
-  for i in range(0, len(labels), batch):
-    t, s = model.decode(params, {"label": jnp.asarray(labels[i:i + batch])}, jax.random.PRNGKey(seed + i), **opts)
-    toks.append(np.asarray(t))
-    st.append({k: np.asarray(v) for k, v in s.items() if k != "rounds"})
-    rounds.append(int(s["rounds"]))
-  return np.concatenate(toks), {k: np.concatenate([s[k] for s in st]) for k in st[0]}, rounds
-
-
-def timed(names, run, repeats):
-  """name -> best wall seconds of run(name), methods alternating within each repeat (after one warm-up each)."""
+def decode_all(names, run, n_batches):
+  """name -> (per-batch outputs, seconds over all batches): one warm-up call per method (compile), then batch by batch
+  with the methods alternating, so drifting machine load hits every method alike."""
   for name in names:
-    jax.block_until_ready(run(name))
-  best = {n: float("inf") for n in names}
-  for _ in range(repeats):
+    jax.block_until_ready(run(name, 0))
+  outs, seconds = {n: [] for n in names}, {n: 0.0 for n in names}
+  for i in range(n_batches):
     for name in names:
       t = time.perf_counter()
-      jax.block_until_ready(run(name))
-      best[name] = min(best[name], time.perf_counter() - t)
-  return best
+      outs[name].append(jax.block_until_ready(run(name, i)))
+      seconds[name] += time.perf_counter() - t
+  return outs, seconds
 
 
 def load_note():
@@ -95,24 +85,29 @@ def shapes_part(a, out):
   real, _ = judge.real_data("test", a.num)
   real_stats = metrics.feature_stats(judge.features(judge_params, real.astype(np.float32) / 127.5 - 1))
   print(f"shapes: target {count(params)} params, drafter {count(dparams)}; {a.num} samples, options {base}", flush=True)
-  t_batch = labels[:a.batch]
-  run = lambda name: model.decode(params, {"label": jnp.asarray(t_batch)}, jax.random.PRNGKey(1), **base,
-                                  **table[name])[0]
+
+  def run(name, i):
+    batch = jnp.asarray(labels[i * a.batch:(i + 1) * a.batch])
+    return model.decode(params, {"label": batch}, jax.random.PRNGKey(i), **base, **table[name])
+
   before = load_note()
-  seconds = timed(list(table), run, a.repeats)
+  outs, seconds = decode_all(list(table), run, a.num // a.batch)
   rows, grids = [], []
-  for name, opts in table.items():
-    tokens, st, rounds = decode_all(model, params, labels, a.batch, dict(base, **opts))
+  for name in table:
+    tokens = np.concatenate([np.asarray(t) for t, _ in outs[name]])
+    st = {k: np.concatenate([np.asarray(s[k]) for _, s in outs[name]]) for k in ("nfe", "tokens_per_step", "draft_nfe")}
+    rounds = [int(s["rounds"]) for _, s in outs[name]]
     images = np.asarray(model.tokenizer.decode(model.tokenizer_params, jnp.asarray(tokens).reshape(-1, *model.grid)))
     fid = metrics.frechet_distance(*metrics.feature_stats(judge.features(judge_params, images)), *real_stats)
     rows.append(dict(method=name, tokens_per_step=float(st["tokens_per_step"].mean()), nfe=float(st["nfe"].mean()),
                      draft_nfe=float(st["draft_nfe"].mean()), rounds=float(np.mean(rounds)),
                      seconds=seconds[name], speedup=seconds["plain"] / seconds[name],
-                     judge_accuracy=judge.accuracy(judge_params, images, labels), judge_fid=float(fid)))
+                     judge_accuracy=judge.accuracy(judge_params, images, labels[:len(images)]), judge_fid=float(fid)))
     print(json.dumps(rows[-1]), flush=True)
     grids.append(images[:16])
   grid.save_grid(np.concatenate(grids), os.path.join(out, "shapes_samples.png"), ncols=16, scale=2)
-  note = (f"batch {a.batch} timed ({before} before timing, {load_note()} after); SJD window {a.sjd_window}, "
+  note = (f"batch {a.batch}, seconds summed over {a.num // a.batch} batches after one compile call per method "
+          f"({before} before, {load_note()} after); SJD window {a.sjd_window}, "
           f"drafter window {a.draft_window}, lantern_k {a.lantern_k}; rows top to bottom in shapes_samples.png: "
           + ", ".join(table))
   write(out, "shapes", rows, note)
@@ -132,22 +127,18 @@ def llamagen_part(a, out):
   table = methods(None, a.deltas[-1:], a.sjd_window, a.draft_window, a.lantern_k)
   labels = jnp.arange(a.llamagen_batch) % model.num_classes
   print(f"llamagen-b: {count(params)} params (random), batch {a.llamagen_batch}, options {base}", flush=True)
-  stats = {}
-
-  def run(name):
-    tokens, st = model.decode(params, {"label": labels}, jax.random.PRNGKey(0), **base, **table[name])
-    stats[name] = st
-    return tokens
-
+  run = lambda name, i: model.decode(params, {"label": labels}, jax.random.PRNGKey(i), **base, **table[name])
   before = load_note()
-  seconds = timed(list(table), run, a.repeats)
+  outs, seconds = decode_all(list(table), run, a.repeats)
   rows = []
   for name in table:
-    st = jax.tree.map(np.asarray, stats[name])
-    per_round = seconds[name] / float(st["rounds"])
+    st = jax.tree.map(np.asarray, outs[name][-1][1])
+    per_round = seconds[name] / a.repeats / float(st["rounds"])
+    plain_step = seconds["plain"] / a.repeats / model.num_tokens
     rows.append(dict(method=name, tokens_per_step=float(st["tokens_per_step"].mean()), nfe=float(st["nfe"].mean()),
-                     rounds=int(st["rounds"]), seconds=seconds[name], speedup=seconds["plain"] / seconds[name],
-                     seconds_per_round=per_round, break_even_tokens_per_step=per_round / (seconds["plain"] / 256)))
+                     rounds=int(st["rounds"]), seconds=seconds[name] / a.repeats,
+                     speedup=seconds["plain"] / seconds[name], seconds_per_round=per_round,
+                     break_even_tokens_per_step=per_round / plain_step))
     print(json.dumps(rows[-1]), flush=True)
   write(out, "llamagen", rows, f"random weights, speed only; {before} before timing, {load_note()} after; "
         f"SJD window {a.sjd_window}")
