@@ -19,9 +19,10 @@ def base_config() -> ml_collections.ConfigDict:
                  ckpt_every=500, keep_checkpoints=2, sample_every=0, num_sample_images=16,
                  maintain_every=0, progress=True, stop_at_step=0)
   c.mesh = dict(shape=(-1, 1, 1), rules=None)
-  # compute_dtype / int8: inference precision (arjax.nn.quant; logits and sampling stay f32)
+  # compute_dtype / int8 / cache_dtype: inference precision (arjax.nn.quant; logits and sampling stay f32;
+  # cache_dtype 'auto' = f32 on CPU, the compute dtype elsewhere)
   c.sample = dict(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, cfg_schedule="constant",
-                  compute_dtype="bfloat16", int8=False)
+                  compute_dtype="bfloat16", int8=False, cache_dtype="auto")
   c.evals = ml_collections.ConfigDict()
   for section in ("data", "optim", "train", "mesh", "sample"):
     c[section].lock()

@@ -1,6 +1,6 @@
 """Split-K decode attention: a few queries against a KV cache with per-row valid lengths.
 
-Cache layouts (k_cache/v_cache [B, S, Hkv, D], `n = lengths[b]` tokens written so far):
+Cache layouts (k_cache/v_cache [B, Hkv, S, D]: head-major, so a (batch, kv head) is one contiguous [S, D] run; `n = lengths[b]` tokens written so far):
   * contiguous (window=None): slot s holds position s; slots s >= n are empty.
   * ring with sink (LongLive; S == sink + window): slots [0, sink) hold positions [0, sink)
     forever; slots [sink, sink + window) are a ring for positions p >= sink, position p at slot
@@ -72,7 +72,7 @@ def _decode_kernel(n_ref, head_ref, last_ref, q_ref, limit_ref, k_ref, v_ref, o_
 
 def _validate(q, k_cache, v_cache, lengths, window, sink, backend):
   if k_cache.shape != v_cache.shape:
-    raise ValueError(f"k_cache and v_cache must match [B, S, Hkv, D], got {k_cache.shape}, "
+    raise ValueError(f"k_cache and v_cache must match [B, Hkv, S, D], got {k_cache.shape}, "
                      f"{v_cache.shape}")
   ok, why = supported(None, q.shape, k_cache.shape, q.dtype, backend, kernel="decode")
   if not ok:
@@ -81,24 +81,24 @@ def _validate(q, k_cache, v_cache, lengths, window, sink, backend):
   if lengths.shape != (q.shape[0],):
     raise ValueError(f"lengths must be int [B={q.shape[0]}], got shape {lengths.shape}")
   if window is not None:
-    if window < q.shape[1] or sink < 0 or k_cache.shape[1] != sink + window:
+    if window < q.shape[1] or sink < 0 or k_cache.shape[2] != sink + window:
       raise ValueError(f"ring cache needs window >= Lq={q.shape[1]}, sink >= 0 and cache size "
                        f"S == sink + window; got window={window}, sink={sink}, "
-                       f"S={k_cache.shape[1]}")
+                       f"S={k_cache.shape[2]}")
   elif sink:
     raise ValueError(f"sink={sink} needs a ring cache (window=...)")
 
 
 def decode_attention(q, k_cache, v_cache, lengths, *, window=None, sink=0, causal=True,
                      block_k=None, sm_scale=None, interpret=None):
-  """Attention of q [B, Lq, H, D] (the last Lq tokens) over a KV cache [B, S, Hkv, D]."""
+  """Attention of q [B, Lq, H, D] (the last Lq tokens) over a KV cache [B, Hkv, S, D]."""
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
   lengths = jnp.asarray(lengths)
   _validate(q, k_cache, v_cache, lengths, window, sink,
             "cpu" if interpret else jax.default_backend())
   b, lq, h, d = q.shape
-  size, hk = k_cache.shape[1], k_cache.shape[2]
+  hk, size = k_cache.shape[1], k_cache.shape[2]
   rep, rows = h // hk, h // hk * lq
   chunk = min(DEFAULT_CHUNK, -(-size // 8) * 8) if block_k is None else int(block_k)
   n_chunks = -(-size // chunk)
@@ -113,8 +113,7 @@ def decode_attention(q, k_cache, v_cache, lengths, *, window=None, sink=0, causa
   head_B = (n_B - 1 - sink) % window if window is not None else jnp.zeros_like(n_B)
   last_B = jnp.maximum(jnp.minimum(n_B, size) - 1, 0) // chunk
   pad = n_chunks * chunk - size
-  kv = [jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
-        for x in (k_cache, v_cache)]
+  kv = [jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) if pad else x for x in (k_cache, v_cache)]
 
   kv_map = lambda b_, g, c, n, head, last: (b_, g, jnp.minimum(c, last[b_]), 0)
   part_map = lambda b_, g, c, n, head, last: (b_, g, c, 0, 0)

@@ -62,7 +62,7 @@ def supported(mask, q_shape, k_shape, dtype, backend, *, kernel="flash") -> tupl
   """Whether `kernel` ('flash' | 'decode') serves this call on `backend`, and why (not).
 
   backend is jax.default_backend()-like: 'cpu' (interpret mode), 'tpu' or 'gpu'. For 'decode',
-  `mask` is ignored and k_shape is the cache's [B, S, Hkv, D].
+  `mask` is ignored and k_shape is the cache's [B, Hkv, S, D].
   """
   if kernel not in ("flash", "decode"):
     return False, f"unknown kernel {kernel!r} (expected 'flash' or 'decode')"
@@ -71,6 +71,8 @@ def supported(mask, q_shape, k_shape, dtype, backend, *, kernel="flash") -> tupl
   if len(q_shape) != 4 or len(k_shape) != 4:
     return False, f"q and k must be [B, L, H, D], got q {tuple(q_shape)}, k {tuple(k_shape)}"
   (b, lq, h, d), (bk, lk, hk, dk) = q_shape, k_shape
+  if kernel == "decode":
+    bk, hk, lk, dk = k_shape
   if b != bk or d != dk:
     return False, f"batch/head_dim differ: q {tuple(q_shape)} vs k {tuple(k_shape)}"
   if min(lq, lk, h, hk, d) <= 0 or h % hk:

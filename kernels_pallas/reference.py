@@ -46,10 +46,12 @@ def cache_positions(lengths, size, window=None, sink=0):
 
 def decode_attention_reference(q, k_cache, v_cache, lengths, *, window=None, sink=0, causal=True,
                                sm_scale=None):
-  """decode_attention's reference: the Lq queries are the last Lq of `lengths[b]` tokens."""
+  """decode_attention's reference (caches [B, Hkv, S, D]): the Lq queries are the last Lq of `lengths[b]`
+  tokens."""
   lq = q.shape[1]
-  pos_B1S = cache_positions(lengths, k_cache.shape[1], window, sink)[:, None, :]
+  pos_B1S = cache_positions(lengths, k_cache.shape[2], window, sink)[:, None, :]
   n_B11 = jnp.asarray(lengths, jnp.int32)[:, None, None]
   limit_BQ1 = n_B11 - lq + np.arange(lq)[None, :, None] if causal else n_B11 - 1
   visible_BQS = (pos_B1S >= 0) & (pos_B1S <= limit_BQ1)
-  return masked_attention(q, k_cache, v_cache, visible_BQS[:, None], sm_scale)
+  k_BSGD, v_BSGD = jnp.swapaxes(k_cache, 1, 2), jnp.swapaxes(v_cache, 1, 2)
+  return masked_attention(q, k_BSGD, v_BSGD, visible_BQS[:, None], sm_scale)

@@ -73,14 +73,15 @@ def token_sampler(model, extra=None):
   return lambda params, cond, rng, **opts: fn(model, params, cond, rng, **opts)
 
 
-def arjax_rows(name: str, batch: int, repeats: int):
-  """Timing rows for arjax (every precision; VAR also image-out) and the greedy agreement with f32."""
+def arjax_rows(name: str, batch: int, repeats: int, modes=tuple(MODES)):
+  """Timing rows for arjax (each precision of `modes`; VAR also image-out) and the greedy agreement with f32."""
   cfg, model, params = build(os.path.join(ROOT, CONFIGS[name]))
   cond = {"label": jnp.arange(batch, dtype=jnp.int32) % model.num_classes}
   tokens_fn = token_sampler(model, next_scale.SAMPLE_OPTIONS if name == "var" else None)
   opts = dict(cfg.sample)
   rows, greedy = [], {}
-  for mode, prec in MODES.items():
+  for mode in modes:
+    prec = MODES[mode]
     targets = [("tokens", tokens_fn)] + ([("image", model.sample)] if name == "var" else [])
     for what, fn in targets:
       run = lambda fn=fn: fn(params, cond, jax.random.PRNGKey(0), **dict(opts, **prec))
@@ -89,7 +90,7 @@ def arjax_rows(name: str, batch: int, repeats: int):
                        tokens=batch * model.num_tokens, load=load()))
       print(json.dumps(rows[-1]), flush=True)
     greedy[mode] = np.asarray(tokens_fn(params, cond, jax.random.PRNGKey(0), **dict(opts, **prec, temperature=0.0)))
-  agree = {m: float((greedy[m] == greedy["f32"]).mean()) for m in ("bf16", "int8")}
+  agree = {m: float((greedy[m] == greedy["f32"]).mean()) for m in greedy if m != "f32" and "f32" in greedy}
   return rows, agree, model.num_tokens
 
 
@@ -163,8 +164,9 @@ def table(rows, start_load: float) -> str:
   return "\n".join(lines)
 
 
-def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32):
-  """ms per decoded token of LlamaGen-B's transformer (bf16, CFG batch) with the cache filled to each length."""
+def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32, cache_dtypes=("bfloat16", "float32")):
+  """ms per decoded token of LlamaGen-B's transformer (bf16 weights, CFG batch) with the cache filled to each
+  length, for each cache dtype."""
   from arjax import masks
   from arjax.nn import quant
   from arjax.nn.transformer import Transformer, TransformerConfig
@@ -180,17 +182,19 @@ def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32):
     body = lambda i, c: net.apply({"params": params}, x, masks.causal(), cache=c)[1]
     return jax.lax.fori_loop(0, steps, body, cache)
 
-  out = {}
-  for length in lengths:  # the last `steps` tokens of a `length`-token sequence
-    cache = quant.cast(tcfg.init_cache(rows, length), jnp.bfloat16)
-    filled = jnp.arange(length) < length - steps
-    cache = cache.replace(end_B=jnp.full((rows,), length - steps, jnp.int32),
-                          pos_BS=jnp.broadcast_to(jnp.where(filled, jnp.arange(length), -1), (rows, length)))
-    _, best = time_call(lambda: decode(params, cache), 2)
-    out[length] = 1e3 * best / steps
-  print("per-token decode (LlamaGen-B transformer, bf16, batch %d with CFG): " % batch +
-        ", ".join(f"{n} tokens {ms:.1f} ms" for n, ms in out.items()) +
-        f"; {max(lengths)} / {min(lengths)} = {out[max(lengths)] / out[min(lengths)]:.2f}x; load {load():.2f}")
+  for dtype in cache_dtypes:
+    out = {}
+    for length in lengths:  # the last `steps` tokens of a `length`-token sequence
+      cache = tcfg.init_cache(rows, length, quant.dtype_of(dtype))
+      filled = jnp.arange(length) < length - steps
+      cache = cache.replace(end_B=jnp.full((rows,), length - steps, jnp.int32),
+                            pos_BS=jnp.broadcast_to(jnp.where(filled, jnp.arange(length), -1), (rows, length)))
+      _, best = time_call(lambda: decode(params, cache), 2)
+      out[length] = 1e3 * best / steps
+    print(f"per-token decode (LlamaGen-B transformer, bf16 weights, {dtype} cache, batch {batch} with CFG): " +
+          ", ".join(f"{n} tokens {ms:.1f} ms" for n, ms in out.items()) +
+          f"; {max(lengths)} / {min(lengths)} = {out[max(lengths)] / out[min(lengths)]:.2f}x; load {load():.2f}",
+          flush=True)
 
 
 # Run in a subprocess with a checkout's root first on sys.path: prints {"best": s, "first": s} for VAR-d16.
@@ -236,6 +240,7 @@ def main():
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--repeats", type=int, default=2)
   p.add_argument("--models", default="var,llamagen")
+  p.add_argument("--modes", default=",".join(MODES), help=f"arjax precisions to time, of {','.join(MODES)}")
   p.add_argument("--official-var", default="", help="local checkout of the official VAR repository")
   p.add_argument("--official-llamagen", default="", help="local checkout of the official LlamaGen repository")
   p.add_argument("--readme", action="store_true", help="write the table into README.md between its bench markers")
@@ -256,7 +261,11 @@ def main():
   rows, agree = [], {}
   for name in a.models.split(","):
     cfg = config_lib.load_config(os.path.join(ROOT, CONFIGS[name]))
-    model_rows, agree[name], num_tokens = arjax_rows(name, a.batch, a.repeats)
+    modes = tuple(a.modes.split(","))
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+      raise ValueError(f"--modes {unknown}: expected some of {list(MODES)}")
+    model_rows, agree[name], num_tokens = arjax_rows(name, a.batch, a.repeats, modes)
     official = a.official_var if name == "var" else a.official_llamagen
     if official and name == "var":
       rows += official_var(official, a.batch, a.repeats, dict(cfg.sample), num_tokens)

@@ -93,7 +93,7 @@ def test_slots_write_advance_layout():
     want = kernels_pallas.cache_positions(cache.end_B, cache.size, cache.window, cache.sink)
     np.testing.assert_array_equal(cache.pos_BS, want)
     held = np.asarray(cache.pos_BS)
-    np.testing.assert_array_equal(np.asarray(cache.k[0])[..., 0, 0][held >= 0], held[held >= 0])  # slot holds its index
+    np.testing.assert_array_equal(np.asarray(cache.k[0])[:, 0, :, 0][held >= 0], held[held >= 0])  # slot holds its index
   assert set(held[0]) == {0, 1} | set(range(11 - 4, 11))  # sink ∪ the last window
   with pytest.raises(ValueError, match="ring of window 4"):
     cache_lib.write(cache, cache.k[0], cache.v[0], jnp.zeros((2, 5, 1, 4)), jnp.zeros((2, 5, 1, 4)))
@@ -158,4 +158,4 @@ def test_transformer_config_validates():
     with pytest.raises(ValueError):
       TransformerConfig.make({**dict(depth=1, heads=4), **bad}, width=32)
   cache = Transformer(tcfg).init_cache(2, 7)  # callable on an unbound module
-  assert cache.k[0].shape == (2, 7, 2, 8) and len(cache.k) == 2
+  assert cache.k[0].shape == (2, 2, 7, 8) and len(cache.k) == 2  # [B, G, S, D]

@@ -31,18 +31,19 @@ def is_runtime(mask) -> bool:
   return False
 
 
-def xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_idx_BQ=None, k_idx_BK=None, sm_scale=None):
+def xla_attention(q_BQHD, k_BGKD, v_BGKD, mask, *, q_idx_BQ=None, k_idx_BK=None, sm_scale=None):
   """Reference attention over explicit sequence indices (default arange; batch dim may be 1;
-  keys with index < 0 are empty). Fully masked rows are zeros."""
+  keys with index < 0 are empty); keys and values head-major [B, G, K, D], as the KV cache holds them.
+  Fully masked rows are zeros."""
   b, lq, h, d = q_BQHD.shape
-  lk, g = k_BKGD.shape[1], k_BKGD.shape[2]
+  g, lk = k_BGKD.shape[1], k_BGKD.shape[2]
   if h % g:
     raise ValueError(f"query heads {h} must be a multiple of kv heads {g}")
   q_idx_BQ = jnp.arange(lq, dtype=jnp.int32)[None] if q_idx_BQ is None else jnp.asarray(q_idx_BQ)
   k_idx_BK = jnp.arange(lk, dtype=jnp.int32)[None] if k_idx_BK is None else jnp.asarray(k_idx_BK)
   scale = d ** -0.5 if sm_scale is None else sm_scale
-  q = q_BQHD.astype(k_BKGD.dtype).reshape(b, lq, g, h // g, d)  # a bf16 cache: bf16 operands, f32 accumulation
-  logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_BKGD, preferred_element_type=jnp.float32) * scale
+  q = q_BQHD.astype(k_BGKD.dtype).reshape(b, lq, g, h // g, d)  # a bf16 cache: bf16 operands, f32 accumulation
+  logits = jnp.einsum("bqgrd,bgkd->bgrqk", q, k_BGKD, preferred_element_type=jnp.float32) * scale
   allowed_BQK = mask.allowed(q_idx_BQ, k_idx_BK) & (k_idx_BK >= 0)[:, None, :]
   allowed = jnp.broadcast_to(allowed_BQK[:, None, None], (b, 1, 1, lq, lk))
   logits = jnp.where(allowed, logits, -jnp.inf)
@@ -51,7 +52,7 @@ def xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_idx_BQ=None, k_idx_BK=None,
   p = jnp.exp(logits - m)
   denom = p.sum(-1, keepdims=True)
   p = p / jnp.where(denom == 0, 1.0, denom)
-  out = jnp.einsum("bgrqk,bkgd->bqgrd", p.astype(v_BKGD.dtype), v_BKGD, preferred_element_type=jnp.float32)
+  out = jnp.einsum("bgrqk,bgkd->bqgrd", p.astype(v_BGKD.dtype), v_BGKD, preferred_element_type=jnp.float32)
   return out.reshape(b, lq, h, d).astype(q_BQHD.dtype)
 
 
@@ -86,15 +87,15 @@ def attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_offset: int = 0, sm_scale=None,
     import kernels_pallas
     return kernels_pallas.flash_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_offset=q_offset, sm_scale=sm_scale)
 
-  xla = lambda: xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, q_idx_BQ=jnp.arange(q_BQHD.shape[1])[None] + q_offset,
-                              sm_scale=sm_scale)
+  xla = lambda: xla_attention(q_BQHD, jnp.swapaxes(k_BKGD, 1, 2), jnp.swapaxes(v_BKGD, 1, 2), mask,
+                              q_idx_BQ=jnp.arange(q_BQHD.shape[1])[None] + q_offset, sm_scale=sm_scale)
   return _dispatch(impl, reason, mask, q_BQHD, k_BKGD, xla, pallas)
 
 
-def cached_attention(q_BQHD, k_BSGD, v_BSGD, mask, q_idx_BQ, pos_BS, *, window=None, sink=0, whole_unit=False,
+def cached_attention(q_BQHD, k_BGSD, v_BGSD, mask, q_idx_BQ, pos_BS, *, window=None, sink=0, whole_unit=False,
                      sm_scale=None, impl="auto"):
-  """Queries at sequence indices q_idx_BQ = end_B + [0, Q) (already written) against cache slots holding
-  indices pos_BS (-1 empty). Pallas (decode kernel, lengths end_B + Q): causal masks (causal=True) and
+  """Queries at sequence indices q_idx_BQ = end_B + [0, Q) (already written) against cache slots [B, G, S, D]
+  holding indices pos_BS (-1 empty). Pallas (decode kernel, lengths end_B + Q): causal masks (causal=True) and
   `whole_unit` calls, where the queries are one whole AR unit seeing every cached key and each other
   (causal=False); a promise by the caller: XLA evaluates `mask` either way."""
   if is_runtime(mask):
@@ -103,13 +104,13 @@ def cached_attention(q_BQHD, k_BSGD, v_BSGD, mask, q_idx_BQ, pos_BS, *, window=N
     reason = (f"cached decoding with {mask} is served by XLA only (decode_attention takes causal masks or "
               "whole_unit=True calls)")
   else:
-    reason = _supported(mask, q_BQHD, k_BSGD, "decode")
+    reason = _supported(mask, q_BQHD, k_BGSD, "decode")
 
   def pallas():
     import kernels_pallas
     lengths_B = jnp.broadcast_to(q_idx_BQ[:, -1] + 1, (q_BQHD.shape[0],))
-    return kernels_pallas.decode_attention(q_BQHD, k_BSGD, v_BSGD, lengths_B, window=window, sink=sink,
+    return kernels_pallas.decode_attention(q_BQHD, k_BGSD, v_BGSD, lengths_B, window=window, sink=sink,
                                            causal=not whole_unit, sm_scale=sm_scale)
 
-  xla = lambda: xla_attention(q_BQHD, k_BSGD, v_BSGD, mask, q_idx_BQ=q_idx_BQ, k_idx_BK=pos_BS, sm_scale=sm_scale)
-  return _dispatch(impl, reason, mask, q_BQHD, k_BSGD, xla, pallas)
+  xla = lambda: xla_attention(q_BQHD, k_BGSD, v_BGSD, mask, q_idx_BQ=q_idx_BQ, k_idx_BK=pos_BS, sm_scale=sm_scale)
+  return _dispatch(impl, reason, mask, q_BQHD, k_BGSD, xla, pallas)

@@ -320,7 +320,7 @@ class Interleaved(base.Paradigm):
     rows = 2 * b if guide.on else b
     pre = jax.tree.map(lambda a: a[:, :p - 1], seq)
     pre = jax.tree.map(lambda a: jnp.concatenate([a, a]), pre) if guide.on else pre
-    cache = self.tcfg.init_cache(rows, total, quant.current() or jnp.float32)
+    cache = self.tcfg.init_cache(rows, total, quant.current_cache() or jnp.float32)
     _, cache = self._apply(params, InterleavedNet.extend, pre, cache)
     ends = jnp.concatenate([length - 1, jnp.ones((b,), jnp.int32)]) if guide.on else length - 1
     cache = cache_lib.truncate(cache, ends)

@@ -45,7 +45,7 @@ KEYS = ("width", "patch", "window", "sink", "frames", "flow", "transformer", "tr
 LONG_KEYS = ("self_prob", "self_t")
 TRAIN_MODES = ("frame_ar", "long")
 UNBOUNDED = 1 << 30  # the ring's nominal length (token indices are int32)
-# stream / sample options beyond guidance.DEFAULTS and loop.PRECISION (compute_dtype, int8) (None: the config's
+# stream / sample options beyond guidance.DEFAULTS and loop.PRECISION (compute_dtype, int8, cache_dtype) (None: the config's
 # value); full: frame-causal attention over a contiguous cache of max_frames; frames: sample()'s clip length
 STREAM_OPTIONS = dict(steps=None, solver=None, full=False, max_frames=0, frames=None)
 SWITCH_MODES = ("recache", "keep", "reset")
@@ -240,8 +240,8 @@ class NextFrame(latent.LatentParadigm):
 
   def empty_state(self, rows: int, full_frames: int = 0, dtype=None):
     """A stream state of `rows` rows: the ring (sink + window frames), or a contiguous cache of full_frames; the
-    cache in `dtype` (default: the compute dtype of an enclosing quant.compute, else f32)."""
-    dtype = dtype or quant.current() or jnp.float32
+    cache in `dtype` (default: the cache dtype of an enclosing quant.compute, else f32)."""
+    dtype = dtype or quant.current_cache() or jnp.float32
     if full_frames:
       cache = self.tcfg.init_cache(rows, full_frames * self.tpf, dtype)
       kept = full_frames
@@ -364,7 +364,8 @@ class Stream:
     self.params = jax.device_put(quant.for_inference(params, dtype, opts["int8"]), device)
     self.weight_bytes = quant.weight_bytes(self.params)
     self.state = model.empty_state(2 * labels.shape[0] if opts["cfg_scale"] != 1.0 else labels.shape[0],
-                                   opts["max_frames"] if opts["full"] else 0, dtype)
+                                   opts["max_frames"] if opts["full"] else 0,
+                                   quant.cache_dtype_of(opts["cache_dtype"], dtype))
     self.state = jax.device_put(self.state.replace(labels_B=rows_for(labels, model.num_classes, opts)), device)
     statics = tuple(sorted((k, v) for k, v in opts.items() if k != "temperature"))
     self._step = jax.jit(functools.partial(_step, model, statics), donate_argnums=(1,))

@@ -25,8 +25,9 @@ from arjax.nn import quant
 from arjax.sampling import guidance as guidance_lib
 
 # Inference precision (arjax.nn.quant): params are cast once per call (or their Dense kernels quantised to int8),
-# KV caches are held in the compute dtype; logits, softmax and sampling stay f32.
-PRECISION = dict(compute_dtype="bfloat16", int8=False)
+# KV caches are held in `cache_dtype` ('auto': f32 on CPU, else the compute dtype); logits, softmax and sampling
+# stay f32.
+PRECISION = dict(compute_dtype="bfloat16", int8=False, cache_dtype="auto")
 
 
 @flax.struct.dataclass
@@ -67,8 +68,8 @@ def runs(sizes):
 
 
 def init_state(out, feed, cache, batch: int, rng) -> State:
-  """The loop's first state; inside a `sampler` the cache is cast to the compute dtype."""
-  dtype = quant.current()
+  """The loop's first state; inside a `sampler` the cache is cast to its `cache_dtype`."""
+  dtype = quant.current_cache()
   if dtype is not None and cache is not None:
     cache = quant.cast(cache, dtype)
   return State(out=out, feed=feed, cache=cache, done_B=jnp.zeros((batch,), bool), rng=rng)
@@ -121,17 +122,19 @@ def options(opts: dict, extra: dict | None = None) -> dict:
 def sampler(extra: dict | None = None):
   """Decorates `fn(self, params, cond, rng, opts) -> images` into a jitted `sample(params, cond, rng, **opts)`:
   options are checked against the defaults (+ `extra`), temperature is traced, the others are static; params
-  run in `compute_dtype` (int8 Dense kernels with `int8`), and `fn` does not see those two options."""
+  run in `compute_dtype` (int8 Dense kernels with `int8`), caches in `cache_dtype`; `fn` does not see those three
+  options."""
 
   def wrap(fn):
     @functools.partial(jax.jit, static_argnums=(0, 5))
     def jitted(self, params, tokenizer_params, cond, rng, static_items, temperature):
       opts = dict(static_items, temperature=temperature)
       dtype, int8 = quant.dtype_of(opts.pop("compute_dtype")), opts.pop("int8")
+      cache_dtype = quant.cache_dtype_of(opts.pop("cache_dtype"), dtype)
       if tokenizer_params is not None:  # an argument, not a closed-over constant (compile time)
         self = copy.copy(self)
         self.tokenizer_params = tokenizer_params
-      with quant.compute(dtype):
+      with quant.compute(dtype, cache_dtype):
         return fn(self, quant.for_inference(params, dtype, int8), cond, rng, opts)
 
     @functools.wraps(fn)

@@ -8,13 +8,13 @@ from kernels_pallas.reference import cache_positions, decode_attention_reference
 
 
 def _write_cache(k_BND, lengths, size, window, sink):
-  """Simulates token-by-token cache writes: position p goes to slot p, or the ring slot."""
+  """Simulates token-by-token cache writes: position p goes to slot p, or the ring slot; [B, Hkv, S, D]."""
   cache = np.zeros((k_BND.shape[0], size) + k_BND.shape[2:], k_BND.dtype)
   for b, n in enumerate(lengths):
     for p in range(n):
       slot = p if window is None or p < sink else sink + (p - sink) % window
       cache[b, slot] = k_BND[b, p]
-  return cache
+  return cache.swapaxes(1, 2)
 
 
 def _visible_positions(lengths, n_max, lq, window, sink, causal):
@@ -71,8 +71,8 @@ def test_cache_positions_ring_after_wrap():
 def test_decode_bf16_and_default_chunk():
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(2, 2, 2, 16)), jnp.bfloat16)
-  k = jnp.asarray(rng.normal(size=(2, 20, 1, 16)), jnp.bfloat16)
-  v = jnp.asarray(rng.normal(size=(2, 20, 1, 16)), jnp.bfloat16)
+  k = jnp.asarray(rng.normal(size=(2, 1, 20, 16)), jnp.bfloat16)
+  v = jnp.asarray(rng.normal(size=(2, 1, 20, 16)), jnp.bfloat16)
   n_B = jnp.array([20, 9], jnp.int32)
   out = decode_attention(q, k, v, n_B)
   assert out.dtype == jnp.bfloat16
@@ -81,7 +81,7 @@ def test_decode_bf16_and_default_chunk():
 
 
 def test_decode_rejects_bad_layouts():
-  q, k = jnp.zeros((1, 3, 2, 8)), jnp.zeros((1, 12, 1, 8))
+  q, k = jnp.zeros((1, 3, 2, 8)), jnp.zeros((1, 1, 12, 8))
   n_B = jnp.array([5], jnp.int32)
   with pytest.raises(ValueError, match="window >= Lq"):
     decode_attention(q, k, k, n_B, window=2, sink=10)
@@ -90,5 +90,5 @@ def test_decode_rejects_bad_layouts():
   with pytest.raises(ValueError, match="lengths"):
     decode_attention(q, k, k, jnp.array([5, 6], jnp.int32))
   with pytest.raises(ValueError, match="multiple of kv heads"):
-    k2 = jnp.zeros((1, 12, 2, 8))
+    k2 = jnp.zeros((1, 2, 12, 8))
     decode_attention(jnp.zeros((1, 3, 3, 8)), k2, k2, n_B)

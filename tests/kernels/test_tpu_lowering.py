@@ -38,6 +38,6 @@ def test_flash_forward_and_backward_lower_for_tpu(mask):
 
 def test_decode_ring_lowers_for_tpu():
   q = jnp.zeros((2, 4, 8, 128), jnp.bfloat16)
-  cache = jnp.zeros((2, 1024 + 128, 2, 128), jnp.bfloat16)
+  cache = jnp.zeros((2, 2, 1024 + 128, 128), jnp.bfloat16)
   fn = lambda q, k, v, n: decode_attention(q, k, v, n, window=1024, sink=128, interpret=False)
   assert _n_mosaic_calls(fn, q, cache, cache, jnp.array([5, 5000], jnp.int32)) == 1

@@ -69,3 +69,19 @@ def test_errors_name_the_problem():
   bad = quant.Int8(q=jnp.ones((4, 3), jnp.int8), scale=jnp.ones((4, 3)))  # a scale along the contracted axis
   with pytest.raises(ValueError, match="contracted"):
     quant.dot_general(jnp.ones((2, 4)), bad, (((1,), (0,)), ((), ())))
+
+
+def test_cache_dtype_option_reaches_the_sampler_cache():
+  """`cache_dtype`: 'auto' is f32 on CPU (no fast bf16 matrix-vector product there), else the compute dtype; an
+  explicit dtype wins; the sampler's loop allocates its KV cache in it, whatever the compute dtype."""
+  from arjax.sampling import loop
+  auto = quant.cache_dtype_of("auto", jnp.bfloat16)
+  assert auto == (jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+  assert quant.cache_dtype_of("bfloat16", jnp.float32) == jnp.bfloat16
+  with pytest.raises(ValueError, match="cache_dtype"):
+    quant.cache_dtype_of("int4", jnp.bfloat16)
+  for name in ("float32", "bfloat16"):
+    with quant.compute(jnp.bfloat16, quant.cache_dtype_of(name, jnp.bfloat16)):
+      state = loop.init_state(None, None, {"k": jnp.zeros((2, 3))}, 2, jax.random.PRNGKey(0))
+      assert quant.current() == jnp.bfloat16 and state.cache["k"].dtype == jnp.dtype(name)
+  assert quant.current() is None and quant.current_cache() is None

@@ -91,10 +91,10 @@ def test_switch_recache_equals_fresh_prefill_of_kept_frames(model, params):
   np.testing.assert_array_equal(np.asarray(after.cache.pos_BS[0, slot]), idx)
   assert int((after.cache.pos_BS[0] >= 0).sum()) == len(idx)
   for layer in range(model.tcfg.depth):
-    np.testing.assert_allclose(after.cache.k[layer][:, slot], fresh.k[layer], atol=2e-5)
-    np.testing.assert_allclose(after.cache.v[layer][:, slot], fresh.v[layer], atol=2e-5)
+    np.testing.assert_allclose(after.cache.k[layer][:, :, slot], fresh.k[layer], atol=2e-5)
+    np.testing.assert_allclose(after.cache.v[layer][:, :, slot], fresh.v[layer], atol=2e-5)
   # negative control: without re-cache the cache still holds the old prompt's keys, and the next frame depends on it
-  assert not np.allclose(state.cache.k[0][:, slot], fresh.k[0], atol=1e-3)
+  assert not np.allclose(state.cache.k[0][:, :, slot], fresh.k[0], atol=1e-3)
   xt, t = frames(model, 1, seed=11)[:, 0], jnp.full((2, model.tpf), 0.5)
   velocity = jax.jit(lambda s: model.velocity(params, s.cache, xt, new, t, n))
   other, _ = streamed_state(model, params, n, 7)

@@ -85,3 +85,26 @@ def test_guided_draw_matches_combined_logits():
 def test_top_k_static_path_equals_traced_sort(k):
   x = jnp.asarray(np.random.default_rng(k).normal(size=(5, 12)).astype(np.float32))
   np.testing.assert_array_equal(np.asarray(L.top_k_filter(x, k)), np.asarray(jax.jit(L.top_k_filter)(x, k)))
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_top_k_top_p_draws_match_the_filtered_distribution(traced):
+  """Static top_k (drawn among lax.top_k's candidates) and traced top_k (vocabulary filters): 20k draws against
+  the exact temperature -> top-k -> top-p distribution of the numpy reference; greedy is the argmax."""
+  logits = np.log(np.array([0.05, 0.3, 0.02, 0.2, 0.15, 0.1, 0.08, 0.09], np.float32))
+  n, temperature, k, p = 20000, 0.9, 5, 0.8
+  z = logits.astype(np.float64) / temperature
+  probs = np.exp(np_top_p(np_top_k(z, k), p) - z.max())
+  probs /= probs.sum()
+  keys = jax.random.split(jax.random.PRNGKey(1), n)
+  one = lambda key, kk: L.sample_categorical(key, jnp.asarray(logits)[None], temperature=temperature, top_k=kk,
+                                             top_p=p)[0]
+  if traced:
+    draws = jax.jit(jax.vmap(one, in_axes=(0, None)))(keys, jnp.int32(k))
+  else:
+    draws = jax.vmap(lambda key: one(key, k))(keys)
+  counts = np.bincount(np.asarray(draws), minlength=8)
+  kept = probs > 0
+  assert kept.sum() == 4 and counts[~kept].sum() == 0  # top-k keeps 5, the nucleus 4 of them
+  assert stats.chisquare(counts[kept], probs[kept] * n).pvalue > 1e-3
+  assert int(L.sample_categorical(keys[0], jnp.asarray(logits)[None], temperature=0.0, top_k=k, top_p=p)[0]) == 1

@@ -198,7 +198,7 @@ def test_rollback_equals_cache_of_the_accepted_prefix(toy):
     assert int(spec.end_B[b]) == int(ref.end_B[0]) == keep[b]
     np.testing.assert_array_equal(np.asarray(spec.pos_BS[b]), np.asarray(ref.pos_BS[0]))
     for a, r in zip(spec.k + spec.v, ref.k + ref.v):
-      np.testing.assert_allclose(np.asarray(a[b, :keep[b]]), np.asarray(r[0, :keep[b]]), atol=1e-5)
+      np.testing.assert_allclose(np.asarray(a[b, :, :keep[b]]), np.asarray(r[0, :, :keep[b]]), atol=1e-5)  # [B, G, S, D]
     out_ref, _ = one(params, ref.replace(aligned=False), jnp.concatenate([nxt[b:b + 1]] * 2, 1),
                              jnp.asarray([keep[b]]))
     np.testing.assert_allclose(np.asarray(out_spec[b]), np.asarray(out_ref[0]), atol=1e-5)
