@@ -8,7 +8,9 @@ against the official PyTorch samplers in f32 / bf16, measured side by side in on
 Official code is read from local checkouts (never vendored). VAR is timed image-out (tokens + VQ decode, as
 `autoregressive_infer_cfg` returns images) and tokens-only; LlamaGen tokens-only (its `generate`). bf16 is
 `torch.autocast` for VAR (its sample script) and bf16 weights for LlamaGen (its sample script's default); arjax's
-is `compute_dtype='bfloat16'` (bf16 weights and caches, f32 accumulation, f32 sampling). Each row prints seconds
+is `compute_dtype='bfloat16'` (bf16 weights, f32 accumulation, f32 sampling; KV caches per `cache_dtype`, f32 on
+CPU), with params prepared once per precision by `quant.for_inference` (as LlamaGen's bf16 weights are converted
+once; VAR's autocast casts inside every call). Each row prints seconds
 per batch (best of --repeats after a first call), the first call's extra time (compile), tokens/s, the ratio to the
 official bf16 sampler and the 1-minute load average; figures taken with load > 0.5 are marked as such. Greedy
 (temperature 0) token agreement of bf16 / int8 with arjax f32 is printed per model. `--compare REV` times arjax
@@ -33,6 +35,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 from arjax import config as config_lib  # noqa: E402
 from arjax import registry  # noqa: E402
+from arjax.nn import quant  # noqa: E402
 from arjax.paradigms import next_scale  # noqa: E402
 from arjax.sampling import loop  # noqa: E402
 
@@ -82,14 +85,16 @@ def arjax_rows(name: str, batch: int, repeats: int, modes=tuple(MODES)):
   rows, greedy = [], {}
   for mode in modes:
     prec = MODES[mode]
+    # prepared once per precision, as LlamaGen's bf16 weights are converted once; the sampler's own cast is then free
+    ready = jax.jit(quant.for_inference, static_argnums=(1, 2))(params, prec["compute_dtype"], prec.get("int8", False))
     targets = [("tokens", tokens_fn)] + ([("image", model.sample)] if name == "var" else [])
     for what, fn in targets:
-      run = lambda fn=fn: fn(params, cond, jax.random.PRNGKey(0), **dict(opts, **prec))
+      run = lambda fn=fn: fn(ready, cond, jax.random.PRNGKey(0), **dict(opts, **prec))
       first, best = time_call(run, repeats)
       rows.append(dict(model=name, impl="arjax", mode=mode, what=what, seconds=best, compile=first - best,
                        tokens=batch * model.num_tokens, load=load()))
       print(json.dumps(rows[-1]), flush=True)
-    greedy[mode] = np.asarray(tokens_fn(params, cond, jax.random.PRNGKey(0), **dict(opts, **prec, temperature=0.0)))
+    greedy[mode] = np.asarray(tokens_fn(ready, cond, jax.random.PRNGKey(0), **dict(opts, **prec, temperature=0.0)))
   agree = {m: float((greedy[m] == greedy["f32"]).mean()) for m in greedy if m != "f32" and "f32" in greedy}
   return rows, agree, model.num_tokens
 
@@ -168,7 +173,6 @@ def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32, cache_d
   """ms per decoded token of LlamaGen-B's transformer (bf16 weights, CFG batch) with the cache filled to each
   length, for each cache dtype."""
   from arjax import masks
-  from arjax.nn import quant
   from arjax.nn.transformer import Transformer, TransformerConfig
   cfg = config_lib.load_config(os.path.join(ROOT, CONFIGS["llamagen"]))
   tcfg = TransformerConfig.make(cfg.model.transformer, width=cfg.model.width, max_len=max(lengths), pos="rope1d")

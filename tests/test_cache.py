@@ -31,8 +31,9 @@ def full(params, x_BLD, mask):
   return jax.jit(lambda p, x: model("xla").apply(p, x, mask))(params, x_BLD)[0]
 
 
-def stepper(impl, mask, whole_unit=False):
-  return jax.jit(lambda p, x, c: model(impl).apply(p, x, mask, cache=c, whole_unit=whole_unit))
+def stepper(impl, mask, whole_unit=False, static_end=None):
+  return jax.jit(lambda p, x, c: model(impl).apply(p, x, mask, cache=c, whole_unit=whole_unit,
+                                                   static_end=static_end))
 
 
 def decode(params, x_BLD, cache, impl, mask, chunks):
@@ -135,18 +136,22 @@ def test_truncate_rollback_equals_fresh_decode(setup, impl):
 
 
 def test_whole_unit_pallas_decode_equals_xla(setup):
-  """Block-causal units fed whole (whole_unit=True): Pallas decode_attention(causal=False) == XLA == full pass."""
+  """Block-causal units fed whole (whole_unit=True): Pallas decode_attention(causal=False) == XLA == full pass,
+  also with static_end (only the written prefix read, no mask) on both."""
   params, x = setup
   spec = masks.block_causal((1, 4, 7))
   outs = {}
-  for impl in ("xla", "pallas"):
-    step, cache, got = stepper(impl, spec, whole_unit=True), model(impl).init_cache(B, N), []
+  for impl, prefix in (("xla", False), ("pallas", False), ("xla", True), ("pallas", True)):
+    cache, got = model(impl).init_cache(B, N), []
     for a, b in [(0, 1), (1, 5), (5, 12)]:
-      h, cache = step(params, x[:, a:b], cache)
+      h, cache = stepper(impl, spec, whole_unit=True, static_end=b if prefix else None)(params, x[:, a:b], cache)
       got.append(h)
-    outs[impl] = jnp.concatenate(got, 1)
-  np.testing.assert_allclose(outs["pallas"], outs["xla"], atol=2e-5)
-  np.testing.assert_allclose(outs["xla"], full(params, x, spec), atol=2e-5)
+    outs[impl, prefix] = jnp.concatenate(got, 1)
+  want = full(params, x, spec)
+  for got in outs.values():
+    np.testing.assert_allclose(got, want, atol=2e-5)
+  with pytest.raises(ValueError, match="static_end"):
+    stepper("xla", spec, whole_unit=True, static_end=1)(params, x[:, :1], model("xla").init_cache(B, N, window=4))
 
 
 def test_transformer_config_validates():

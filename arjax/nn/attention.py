@@ -34,7 +34,7 @@ def is_runtime(mask) -> bool:
 def xla_attention(q_BQHD, k_BGKD, v_BGKD, mask, *, q_idx_BQ=None, k_idx_BK=None, sm_scale=None):
   """Reference attention over explicit sequence indices (default arange; batch dim may be 1;
   keys with index < 0 are empty); keys and values head-major [B, G, K, D], as the KV cache holds them.
-  Fully masked rows are zeros."""
+  mask=None: every query sees every key. Fully masked rows are zeros."""
   b, lq, h, d = q_BQHD.shape
   g, lk = k_BGKD.shape[1], k_BGKD.shape[2]
   if h % g:
@@ -44,9 +44,10 @@ def xla_attention(q_BQHD, k_BGKD, v_BGKD, mask, *, q_idx_BQ=None, k_idx_BK=None,
   scale = d ** -0.5 if sm_scale is None else sm_scale
   q = q_BQHD.astype(k_BGKD.dtype).reshape(b, lq, g, h // g, d)  # a bf16 cache: bf16 operands, f32 accumulation
   logits = jnp.einsum("bqgrd,bgkd->bgrqk", q, k_BGKD, preferred_element_type=jnp.float32) * scale
-  allowed_BQK = mask.allowed(q_idx_BQ, k_idx_BK) & (k_idx_BK >= 0)[:, None, :]
-  allowed = jnp.broadcast_to(allowed_BQK[:, None, None], (b, 1, 1, lq, lk))
-  logits = jnp.where(allowed, logits, -jnp.inf)
+  if mask is not None:  # None: every key is visible to every query (no select pass over the logits)
+    allowed_BQK = mask.allowed(q_idx_BQ, k_idx_BK) & (k_idx_BK >= 0)[:, None, :]
+    allowed = jnp.broadcast_to(allowed_BQK[:, None, None], (b, 1, 1, lq, lk))
+    logits = jnp.where(allowed, logits, -jnp.inf)
   m = jnp.max(logits, axis=-1, keepdims=True)
   m = jnp.where(jnp.isfinite(m), m, 0.0)
   p = jnp.exp(logits - m)
@@ -93,11 +94,12 @@ def attention(q_BQHD, k_BKGD, v_BKGD, mask, *, q_offset: int = 0, sm_scale=None,
 
 
 def cached_attention(q_BQHD, k_BGSD, v_BGSD, mask, q_idx_BQ, pos_BS, *, window=None, sink=0, whole_unit=False,
-                     sm_scale=None, impl="auto"):
+                     filled=False, sm_scale=None, impl="auto"):
   """Queries at sequence indices q_idx_BQ = end_B + [0, Q) (already written) against cache slots [B, G, S, D]
   holding indices pos_BS (-1 empty). Pallas (decode kernel, lengths end_B + Q): causal masks (causal=True) and
   `whole_unit` calls, where the queries are one whole AR unit seeing every cached key and each other
-  (causal=False); a promise by the caller: XLA evaluates `mask` either way."""
+  (causal=False); a promise by the caller: XLA evaluates `mask` either way, unless `filled` (with whole_unit)
+  says that every slot is written, so the unit sees all of them: then XLA skips the mask."""
   if is_runtime(mask):
     reason = "a run-time mask is served by XLA only"
   elif not (whole_unit or isinstance(mask, masks_lib.Causal)):
@@ -112,5 +114,6 @@ def cached_attention(q_BQHD, k_BGSD, v_BGSD, mask, q_idx_BQ, pos_BS, *, window=N
     return kernels_pallas.decode_attention(q_BQHD, k_BGSD, v_BGSD, lengths_B, window=window, sink=sink,
                                            causal=not whole_unit, sm_scale=sm_scale)
 
-  xla = lambda: xla_attention(q_BQHD, k_BGSD, v_BGSD, mask, q_idx_BQ=q_idx_BQ, k_idx_BK=pos_BS, sm_scale=sm_scale)
+  xla = lambda: xla_attention(q_BQHD, k_BGSD, v_BGSD, None if whole_unit and filled else mask, q_idx_BQ=q_idx_BQ,
+                              k_idx_BK=pos_BS, sm_scale=sm_scale)
   return _dispatch(impl, reason, mask, q_BQHD, k_BGSD, xla, pallas)

@@ -105,14 +105,17 @@ def _is_kernel(path, leaf, min_size) -> bool:
 
 
 def quantize(params, *, min_size: int = 4096, dtype=jnp.bfloat16):
-  """Every Dense kernel with >= min_size entries -> Int8; other float leaves cast to `dtype` (None keeps them)."""
+  """Every Dense kernel with >= min_size entries -> Int8; other float leaves cast to `dtype` (None keeps them).
+  Idempotent: Int8 kernels are kept as they are."""
 
   def one(path, leaf):
+    if isinstance(leaf, Int8):
+      return leaf
     if _is_kernel(path, leaf, min_size):
       return quantize_kernel(leaf)
     return leaf if dtype is None else _cast_leaf(leaf, dtype)
 
-  return jax.tree_util.tree_map_with_path(one, params)
+  return jax.tree_util.tree_map_with_path(one, params, is_leaf=lambda x: isinstance(x, Int8))
 
 
 def dequantize(params, dtype=jnp.float32):
@@ -132,7 +135,9 @@ def cast(params, dtype):
 
 
 def for_inference(params, compute_dtype, int8: bool):
-  """The params a sampler runs on: int8 kernels (+ the rest in compute_dtype), or everything in compute_dtype."""
+  """The params a sampler runs on: int8 kernels (+ the rest in compute_dtype), or everything in compute_dtype.
+  Idempotent, so a caller that samples many times prepares them once (`params = for_inference(params, ...)`) and
+  the sampler's own call is then free (for VAR-d16 the per-call cast is 0.5 s of 7 s on 2 CPU cores)."""
   dtype = dtype_of(compute_dtype)
   return quantize(params, dtype=dtype) if int8 else cast(params, dtype)
 

@@ -47,7 +47,8 @@ class ScaleNet(nn.Module):
     lvl = self.param("lvl_embed", nn.with_logical_partitioning(init, (None, "embed")), (len(self.sizes), d))
     h_BLD, cache = Transformer(self.tcfg, name="transformer")(
         x_BLD + lvl[levels], masks.block_causal(self.sizes), positions=jnp.arange(offset, offset + n),
-        cond_BC=cond_BD, cache=cache, whole_unit=cache is not None, train=train)
+        cond_BC=cond_BD, cache=cache, whole_unit=cache is not None, train=train,
+        static_end=None if cache is None else offset + n)
     if not self.vocab_size:
       return h_BLD, cache
     return layers.dense(self.vocab_size, ("embed", "vocab"), name="head")(h_BLD).astype(jnp.float32), cache

@@ -88,7 +88,8 @@ class Attention(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BLD, mask, angles_BLK=None, cache=None, layer=0, whole_unit=False, rope_keep_BL=None):
+  def __call__(self, x_BLD, mask, angles_BLK=None, cache=None, layer=0, whole_unit=False, rope_keep_BL=None,
+               static_end=None):
     """Returns (out, (k_all, v_all) of this layer written into `cache`, or None without one)."""
     c = self.config
     hd = c.head_dim
@@ -124,8 +125,12 @@ class Attention(nn.Module):
       q_idx_BQ, pos_BS = cache_lib.query_indices(cache, n), cache_lib.written_pos(cache, n)
       if cache.aligned and not attn_lib.is_runtime(mask):  # rows in lockstep: one mask serves the batch
         q_idx_BQ, pos_BS = q_idx_BQ[:1], pos_BS[:1]
-      out = attn_lib.cached_attention(q, *new_layer, mask, q_idx_BQ, pos_BS, window=cache.window, sink=cache.sink,
-                                      whole_unit=whole_unit, sm_scale=sm_scale, impl=c.impl)
+      k_all, v_all = new_layer
+      if static_end is not None:  # only the written prefix of the slots is read
+        k_all, v_all, pos_BS = k_all[:, :, :static_end], v_all[:, :, :static_end], pos_BS[:, :static_end]
+      out = attn_lib.cached_attention(q, k_all, v_all, mask, q_idx_BQ, pos_BS, window=cache.window, sink=cache.sink,
+                                      whole_unit=whole_unit, filled=static_end is not None, sm_scale=sm_scale,
+                                      impl=c.impl)
     out = layers.DenseGeneral(c.width, axis=(-2, -1), name="o",
                           kernel_init=nn.with_logical_partitioning(layers.default_init, ("heads", "kv", "embed")),
                           use_bias=c.out_bias,
@@ -141,14 +146,14 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, mask, angles_BLK=None, cond_BC=None, *, cache=None, layer=0, whole_unit=False,
-               train=False, rope_keep_BL=None, adaln_keep_BL=None):
+               train=False, rope_keep_BL=None, adaln_keep_BL=None, static_end=None):
     c = self.config
     if c.adaln:
       sa, ca, ga, sm, cm, gm = layers.AdaLNModulation(c.width, 6, name="adaln")(cond_BC, adaln_keep_BL)
     h = layers.norm(c.norm, "norm1", use_scale=not c.adaln, eps=c.norm_eps)(x_BLD)
     if c.adaln:
       h = layers.modulate(h, sa, ca)
-    h, new_layer = Attention(c, name="attn")(h, mask, angles_BLK, cache, layer, whole_unit, rope_keep_BL)
+    h, new_layer = Attention(c, name="attn")(h, mask, angles_BLK, cache, layer, whole_unit, rope_keep_BL, static_end)
     x_BLD = x_BLD + self._drop_path(ga * h if c.adaln else h, train)
     h = layers.norm(c.norm, "norm2", use_scale=not c.adaln, eps=c.norm_eps)(x_BLD)
     if c.adaln:
@@ -176,11 +181,16 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, mask, *, positions=None, cond_BC=None, cache: cache_lib.KVCache = None,
-               whole_unit: bool = False, train: bool = False, adaln_keep_BL=None):
-    """adaln_keep_BL (bool [B, L]): which tokens AdaLN modulates (ACDiT: only the noised ones); None = all."""
+               whole_unit: bool = False, train: bool = False, adaln_keep_BL=None, static_end: Optional[int] = None):
+    """adaln_keep_BL (bool [B, L]): which tokens AdaLN modulates (ACDiT: only the noised ones); None = all.
+    static_end (int): the caller's promise that the cache is aligned and contiguous and that its rows end at this
+    index once the L tokens are written; attention then reads only slots [0, static_end), and a whole unit skips
+    the mask (VAR's scales: 1.6x fewer keys over the 10 scales)."""
     c = self.config
     if c.adaln and cond_BC is None:
       raise ValueError("adaln=True needs cond_BC")
+    if static_end is not None and (cache is None or not cache.aligned or cache.window is not None):
+      raise ValueError("static_end needs an aligned contiguous cache (rows in lockstep, window=None)")
     b, l, d = x_BLD.shape
     if d != c.width:
       raise ValueError(f"input width {d} != config width {c.width}")
@@ -206,7 +216,7 @@ class Transformer(nn.Module):
       rate = c.drop_path * i / max(c.depth - 1, 1)
       x_BLD, new_layer = Block(c, rate, name=f"block{i}")(
           x_BLD, mask, angles, cond_BC, cache=cache, layer=i, whole_unit=whole_unit, train=train,
-          rope_keep_BL=rope_keep, adaln_keep_BL=adaln_keep_BL)
+          rope_keep_BL=rope_keep, adaln_keep_BL=adaln_keep_BL, static_end=static_end)
       if new_layer is not None:
         new_k.append(new_layer[0])
         new_v.append(new_layer[1])

@@ -85,3 +85,15 @@ def test_cache_dtype_option_reaches_the_sampler_cache():
       state = loop.init_state(None, None, {"k": jnp.zeros((2, 3))}, 2, jax.random.PRNGKey(0))
       assert quant.current() == jnp.bfloat16 and state.cache["k"].dtype == jnp.dtype(name)
   assert quant.current() is None and quant.current_cache() is None
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_for_inference_is_idempotent(int8):
+  """Prepared once, params pass through the sampler's own for_inference unchanged (int8 scales stay f32)."""
+  _, params = _setup()
+  once = quant.for_inference(params, "bfloat16", int8)
+  twice = quant.for_inference(once, "bfloat16", int8)
+  jax.tree.map(np.testing.assert_array_equal, once, twice)
+  assert jax.tree.structure(once) == jax.tree.structure(twice)
+  if int8:
+    assert isinstance(twice["q"]["kernel"], quant.Int8) and twice["q"]["kernel"].scale.dtype == jnp.float32
