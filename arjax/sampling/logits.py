@@ -43,18 +43,18 @@ def top_p_filter(logits_BV, p):
 
 def sample_categorical(rng, logits_BV, *, temperature=1.0, top_k=0, top_p=1.0):
   """Temperature, then top-k, then top-p, then a categorical draw; temperature 0 is greedy. A static top_k < V
-  draws among the k candidates of one lax.top_k (sorted, so top-p needs no sort of the vocabulary): 6x faster
-  than filtering the vocabulary at VAR's top-k 900 / top-p 0.96 over 4096 codes, the same distribution."""
-  if isinstance(top_k, int) and 0 < top_k < logits_BV.shape[-1]:
-    vals_BK, idx_BK = jax.lax.top_k(logits_BV.astype(jnp.float32), top_k)
-    vals_BK = vals_BK / jnp.maximum(temperature, 1e-6)
-    if not (isinstance(top_p, (int, float)) and top_p >= 1.0):
-      vals_BK = jnp.where(_nucleus(vals_BK, top_p), vals_BK, NEG_INF)
-    pick_B = jnp.where(temperature <= 0, 0, jax.random.categorical(rng, vals_BK, axis=-1))
-    return jnp.take_along_axis(idx_BK, pick_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+  finds both cut-offs on the k sorted values of one lax.top_k (no sort of the vocabulary: 5x faster at VAR's
+  top-k 900 / top-p 0.96 over 4096 codes); the draw is then over the vocabulary in its own order, so nearby logits
+  (bf16 vs f32) with the same key give the same token."""
   greedy = jnp.argmax(logits_BV, axis=-1)
   logits = logits_BV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
-  logits = top_p_filter(top_k_filter(logits, top_k), top_p)
+  if isinstance(top_k, int) and 0 < top_k < logits.shape[-1]:
+    vals_BK = jax.lax.top_k(logits, top_k)[0]
+    if not (isinstance(top_p, (int, float)) and top_p >= 1.0):
+      vals_BK = jnp.where(_nucleus(vals_BK, top_p), vals_BK, jnp.inf)
+    logits = jnp.where(logits < vals_BK.min(-1, keepdims=True), NEG_INF, logits)
+  else:
+    logits = top_p_filter(top_k_filter(logits, top_k), top_p)
   drawn = jax.random.categorical(rng, logits, axis=-1)
   return jnp.where(temperature <= 0, greedy, drawn).astype(jnp.int32)
 
