@@ -1,9 +1,9 @@
 """Explicit KV cache pytrees: the caller owns the cache; prefill and extend are the same call.
 
 Per layer, keys and values [B, G, S, D] in S slots (head-major: one (row, kv head) is a contiguous [S, D] run, so
-decoding reads it in one pass instead of transposing the cache every step; XLA:CPU is 4-8x faster this way). Each row b has written end_B[b] tokens (the
-sequence index of its next token); pos_BS[b, s] is the sequence index slot s holds (-1: empty), so
-attention masks by cached *sequence indices*, never by slot. Layouts (as kernels_pallas.decode_attention):
+decoding reads it in one pass instead of transposing the cache every step; XLA:CPU is 4-8x faster this way).
+Each row b has written end_B[b] tokens (the sequence index of its next token); pos_BS[b, s] is the sequence
+index slot s holds (-1: empty), so attention masks by cached *sequence indices*, never by slot. Layouts (as kernels_pallas.decode_attention):
   * contiguous (window=None): index i lives at slot i (S = the longest sequence);
   * ring with sink (S = sink + window): indices [0, sink) keep slots [0, sink) forever; index
     i >= sink lives at slot sink + (i - sink) % window, so the cache holds sink ∪ the last window.

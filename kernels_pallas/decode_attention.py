@@ -1,6 +1,7 @@
 """Split-K decode attention: a few queries against a KV cache with per-row valid lengths.
 
-Cache layouts (k_cache/v_cache [B, Hkv, S, D]: head-major, so a (batch, kv head) is one contiguous [S, D] run; `n = lengths[b]` tokens written so far):
+Cache layouts (k_cache/v_cache [B, Hkv, S, D], head-major: a (batch, kv head) is one contiguous [S, D] run;
+`n = lengths[b]` tokens written so far):
   * contiguous (window=None): slot s holds position s; slots s >= n are empty.
   * ring with sink (LongLive; S == sink + window): slots [0, sink) hold positions [0, sink)
     forever; slots [sink, sink + window) are a ring for positions p >= sink, position p at slot

@@ -45,8 +45,9 @@ KEYS = ("width", "patch", "window", "sink", "frames", "flow", "transformer", "tr
 LONG_KEYS = ("self_prob", "self_t")
 TRAIN_MODES = ("frame_ar", "long")
 UNBOUNDED = 1 << 30  # the ring's nominal length (token indices are int32)
-# stream / sample options beyond guidance.DEFAULTS and loop.PRECISION (compute_dtype, int8, cache_dtype) (None: the config's
-# value); full: frame-causal attention over a contiguous cache of max_frames; frames: sample()'s clip length
+# stream / sample options beyond guidance.DEFAULTS and loop.PRECISION (compute_dtype, int8, cache_dtype)
+# (None: the config's value); full: frame-causal attention over a contiguous cache of max_frames; frames:
+# sample()'s clip length
 STREAM_OPTIONS = dict(steps=None, solver=None, full=False, max_frames=0, frames=None)
 SWITCH_MODES = ("recache", "keep", "reset")
 
