@@ -1,7 +1,7 @@
 """Explicit KV cache pytrees: the caller owns the cache; prefill and extend are the same call.
 
-Per layer, keys and values [B, G, S, D] in S slots (head-major: one (row, kv head) is a contiguous [S, D] run, so
-decoding reads it in one pass instead of transposing the cache every step; XLA:CPU is 4-8x faster this way).
+Per layer, keys and values [B, G, S, D] in S slots (head-major: one (row, kv head) is a contiguous [S, D]
+run, so decoding reads it in one pass instead of transposing the cache every step; XLA:CPU is 4-8x faster).
 Each row b has written end_B[b] tokens (the sequence index of its next token); pos_BS[b, s] is the sequence
 index slot s holds (-1: empty), so attention masks by cached *sequence indices*, never by slot. Layouts (as kernels_pallas.decode_attention):
   * contiguous (window=None): index i lives at slot i (S = the longest sequence);
