@@ -9,6 +9,9 @@ Both are chosen by the *params*, not by flags threaded through modules: `layers.
   - `Int8` kernel (`quantize(params)`): per-output-channel symmetric int8 weights; the activations are quantised
     per row on the fly (symmetric, absmax / 127) and the product is one int8 x int8 -> int32 dot (VNNI / AMX-int8),
     rescaled by (activation scale x channel scale). Decoding reads a quarter of the f32 weight bytes.
+    The logits projections (Dense modules named in LOGIT_HEADS) keep the compute dtype, as weight-only int8 LLM
+    schemes keep their LM head: on VAR-d16 (random weights) the greedy tokens agree with f32 on 98.2% with an int8
+    head and on 99.4% (the bf16 figure) with a bf16 one.
 
 `Int8.scale` has the kernel's rank with size-1 axes except the last (the output channels of every Dense and of
 the attention projections' head_dim axis), so the scale factors out of any contraction over the leading axes.
@@ -27,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+LOGIT_HEADS = ("head", "lm_head")  # names of the Dense modules that produce logits: never int8
 _COMPUTE = contextvars.ContextVar("arjax_compute_dtype", default=None)
 
 
@@ -99,13 +103,15 @@ def quantize_kernel(w) -> Int8:
 
 
 def _is_kernel(path, leaf, min_size) -> bool:
-  name = getattr(path[-1], "key", None) if path else None
-  return name == "kernel" and getattr(leaf, "ndim", 0) >= 2 and leaf.size >= min_size and jnp.issubdtype(
-      leaf.dtype, jnp.floating)
+  """A Dense kernel to quantise: 'kernel' of >= min_size float entries, not in a LOGIT_HEADS module."""
+  module, name = (getattr(k, "key", None) for k in ([None, None] + list(path))[-2:])
+  return (name == "kernel" and module not in LOGIT_HEADS and getattr(leaf, "ndim", 0) >= 2
+          and leaf.size >= min_size and jnp.issubdtype(leaf.dtype, jnp.floating))
 
 
 def quantize(params, *, min_size: int = 4096, dtype=jnp.bfloat16):
-  """Every Dense kernel with >= min_size entries -> Int8; other float leaves cast to `dtype` (None keeps them).
+  """Every Dense kernel with >= min_size entries (but the logits heads) -> Int8; other float leaves cast to `dtype`
+  (None keeps them).
   Idempotent: Int8 kernels are kept as they are."""
 
   def one(path, leaf):

@@ -38,6 +38,7 @@ import numpy as np
 
 from arjax import conditioning
 from arjax import masks
+from arjax.nn import layers
 from arjax.nn import rope as rope_lib
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.paradigms import base
@@ -99,7 +100,7 @@ class AnyOrderNet(nn.Module):
     self.query = self.param("query", init(("embed",)), (d,))
     self.cond = self.conditioner.embedder(d)
     self.transformer = Transformer(self.tcfg)
-    self.head = nn.Dense(self.vocab_size, kernel_init=nn.with_logical_partitioning(
+    self.head = layers.Dense(self.vocab_size, kernel_init=nn.with_logical_partitioning(
         nn.initializers.zeros, ("embed", "vocab")))
 
   def __call__(self, cond, tokens_BN, rank_BN):

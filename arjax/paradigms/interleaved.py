@@ -38,7 +38,7 @@ from arjax import heads
 from arjax import cache as cache_lib
 from arjax import masks
 from arjax.nn import quant
-from arjax.nn.layers import l2_normalize
+from arjax.nn import layers
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.paradigms import base
 from arjax.sampling import logits as logits_lib
@@ -75,13 +75,13 @@ class InterleavedNet(nn.Module):
     init = lambda axes: nn.with_logical_partitioning(nn.initializers.normal(0.02), axes)
     self.embed = nn.Embed(self.vocab_size, self.tcfg.width, embedding_init=init(("vocab", "embed")))
     self.transformer = Transformer(self.tcfg)
-    self.lm_head = nn.Dense(self.vocab_size, kernel_init=nn.with_logical_partitioning(
+    self.lm_head = layers.Dense(self.vocab_size, kernel_init=nn.with_logical_partitioning(
         nn.initializers.zeros, ("embed", "vocab")))
     if self.image_head == "diffusion" and self.feed_kind == "soft_vq":
       self.codebook = self.param("codebook", nn.initializers.normal(1.0), (self.codebook_size, self.token_dim))
       self.code_embed = nn.Embed(self.codebook_size, self.tcfg.width, embedding_init=init(("vocab", "embed")))
     elif self.image_head == "diffusion":
-      self.proj = nn.Dense(self.tcfg.width, kernel_init=nn.with_logical_partitioning(
+      self.proj = layers.Dense(self.tcfg.width, kernel_init=nn.with_logical_partitioning(
           nn.initializers.lecun_normal(), (None, "embed")))
 
   def __call__(self, emb_BTD, cache=None):
@@ -103,7 +103,7 @@ class InterleavedNet(nn.Module):
   def soft_vq_weights(self, x_NC, tau=None):
     """softmax(-||x / sqrt(C) - c_k||^2 / tau) over the unit codes c_k [N, K]."""
     z = x_NC.astype(jnp.float32) / math.sqrt(self.token_dim)
-    codes = l2_normalize(self.codebook.astype(jnp.float32))
+    codes = layers.l2_normalize(self.codebook.astype(jnp.float32))
     d_NK = (jnp.sum(z * z, -1, keepdims=True) - 2 * jnp.einsum("nc,kc->nk", z, codes, precision="highest")
             + jnp.sum(codes * codes, -1)[None])
     return jax.nn.softmax(-d_NK / (self.tau if tau is None else tau), axis=-1)
@@ -171,13 +171,13 @@ class Interleaved(base.Paradigm):
     z_NC = z.reshape(-1, z.shape[-1]).astype(jnp.float32)
     codes = vq_lib.nearest_code(z_NC, self.tokenizer_params["codebook"])
     b = z.shape[0]
-    return (l2_normalize(z_NC) * math.sqrt(self.token_dim)).reshape(b, -1, self.token_dim), codes.reshape(b, -1)
+    return (layers.l2_normalize(z_NC) * math.sqrt(self.token_dim)).reshape(b, -1, self.token_dim), codes.reshape(b, -1)
 
   def decode(self, x_BNC=None, codes_BN=None):
     """Images [B, H, W, 3] in [-1, 1] from continuous tokens (projected onto the unit sphere) or VQ ids."""
     if codes_BN is not None:
       return self.tokenizer.decode(self.tokenizer_params, codes_BN.reshape(-1, *self.grid))
-    z = l2_normalize(x_BNC.astype(jnp.float32)).reshape(-1, *self.grid, self.token_dim)
+    z = layers.l2_normalize(x_BNC.astype(jnp.float32)).reshape(-1, *self.grid, self.token_dim)
     return jnp.clip(self.tokenizer.net.apply({"params": self.tokenizer_params}, z,
                                              method=vq_lib.VQNet.decode_codes), -1.0, 1.0)
 

@@ -52,6 +52,15 @@ def test_quantize_keeps_small_leaves_and_counts_bytes():
   assert quant.weight_bytes(q) == kernels + 2 * biases + 4 * scales
 
 
+def test_quantize_keeps_logit_heads_in_the_compute_dtype():
+  """A Dense named `head` / `lm_head` (the logits) stays bf16; the same kernel under another name is int8."""
+  w = jax.random.normal(jax.random.PRNGKey(0), (64, 128))
+  params = {"head": {"kernel": w}, "lm_head": {"kernel": w}, "block": {"head": {"kernel": w}, "up": {"kernel": w}}}
+  q = quant.quantize(params)
+  assert q["head"]["kernel"].dtype == jnp.bfloat16 and q["lm_head"]["kernel"].dtype == jnp.bfloat16
+  assert q["block"]["head"]["kernel"].dtype == jnp.bfloat16 and isinstance(q["block"]["up"]["kernel"], quant.Int8)
+
+
 @pytest.mark.parametrize("mode", ["bf16", "int8"])
 def test_dense_general_paths_match_f32(mode):
   x, params = _setup()
