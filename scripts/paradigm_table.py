@@ -12,10 +12,13 @@ scripts/shapes_continuous.sh writes; else rebuilt from config.json). With --meas
 sampled (--num_samples images, the run's config.sample options, EMA params) and judged, and table.json is written;
 without it, a run's judge accuracy is the last 'judge/accuracy' it logged and FID / sampling time are '-'.
 New paradigms (TokenBridge, JPEG-LM, any-order, next-frame, ...) add a row as soon as their run directory exists.
+`--sample KEY=VALUE` (repeatable) measures and prints the runs with those sampling options instead of the trained
+config's, kept apart in DIR/table.KEY=VALUE.json (e.g. `--measure --sample cfg_schedule=constant runs/acdit`).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import time
@@ -104,9 +107,32 @@ def train_time(metrics: list) -> tuple[int, str]:
   return last["step"], f"{last['step'] / last['steps_per_s'] / 60:.1f} min"
 
 
-def row(workdir: str) -> str:
+def table_file(overrides: dict) -> str:
+  """table.json, or table.K=V[_K2=V2].json for measurements with sampling overrides."""
+  return "table" + "".join(f"{'.' if i == 0 else '_'}{k}={v}" for i, (k, v) in enumerate(overrides.items())) + ".json"
+
+
+def parse_overrides(items) -> dict:
+  """['cfg_scale=4', 'cfg_schedule=constant'] -> {'cfg_scale': 4, 'cfg_schedule': 'constant'}."""
+  out = {}
+  for item in items or ():
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"--sample {item!r}: expected KEY=VALUE (a key of the config's `sample` section)")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
+
+
+def row(workdir: str, overrides: dict | None = None) -> str:
   run = read_run(workdir)
   cfg, table = run["cfg"], run.get("table.json", {})
+  if overrides:
+    path = os.path.join(workdir, table_file(overrides))
+    table = json.load(open(path)) if os.path.exists(path) else {}
+    cfg = dict(cfg, sample=dict(cfg.get("sample", {}), **overrides))
   acc = [l["judge/accuracy"] for l in run["metrics"] if "judge/accuracy" in l]
   acc = table.get("judge_accuracy", acc[-1] if acc else None)
   steps, ttime = train_time(run["metrics"])
@@ -129,16 +155,20 @@ def load_config(cfg: dict):
   return config
 
 
-def measure(workdir: str, num_samples: int, batch_size: int) -> dict:
+def measure(workdir: str, num_samples: int, batch_size: int, overrides: dict | None = None) -> dict:
   """Samples num_samples class-conditional images (classes in turn) with the run's EMA params and sample options;
   judge accuracy, judge-space FID against as many held-out real images, seconds per image (batches after the
-  first, which compiles), written to DIR/table.json."""
+  first, which compiles), written to DIR/table.json (DIR/table_file(overrides) with sampling overrides)."""
   import jax
   import numpy as np
   from arjax import demo, registry
   from arjax.eval import evaluators, judge
   from arjax.train import checkpoint
   config = load_config(read_run(workdir)["cfg"])
+  unknown = sorted(set(overrides or {}) - set(config.sample))
+  if unknown:
+    raise ValueError(f"--sample {unknown}: not keys of {workdir}'s config.sample ({sorted(config.sample)})")
+  config.sample.update(overrides or {})
   model = registry.build_model(config)
   params = checkpoint.load_params(os.path.join(workdir, "checkpoints"), ema=True)
   judge_params = evaluators.build_evaluators({"judge": dict(type="judge", num_samples=num_samples)}, model, workdir,
@@ -158,7 +188,7 @@ def measure(workdir: str, num_samples: int, batch_size: int) -> dict:
              fid=demo.fid(judge_params, images, real), sec_per_image=float(sum(timed) / (len(timed) * batch_size)),
              num_samples=num_samples, device=jax.devices()[0].device_kind, load=os.getloadavg()[0],
              units=len(model.layout.sizes) if hasattr(model, "layout") else None, sample=dict(config.sample))
-  with open(os.path.join(workdir, "table.json"), "w") as f:
+  with open(os.path.join(workdir, table_file(overrides or {})), "w") as f:
     json.dump(out, f, indent=1)
   return out
 
@@ -198,19 +228,23 @@ def main():
   parser.add_argument("--num_samples", type=int, default=512)
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--vae", help="print this KL-VAE run's reconstruction PSNR first")
+  parser.add_argument("--sample", action="append", metavar="KEY=VALUE",
+                      help="sampling override (repeatable): measured into DIR/table.KEY=VALUE.json")
   args = parser.parse_args()
+  overrides = parse_overrides(args.sample)
+  name = table_file(overrides)
   workdirs = list(args.workdirs) + (paradigm_runs(args.runs) if args.runs else [])
   if args.vae:
     print(f"VAE ({args.vae}): reconstruction PSNR {vae_psnr(args.vae):.2f} dB on 512 held-out images\n")
   for w in workdirs:
-    if args.remeasure or (args.measure and not os.path.exists(os.path.join(w, "table.json"))):
+    if args.remeasure or (args.measure and not os.path.exists(os.path.join(w, name))):
       if not os.path.isdir(os.path.join(w, "checkpoints")):
         print(f"{w}: no checkpoints, not measured")
         continue
-      print(f"{w}: {measure(w, args.num_samples, args.batch_size)}", flush=True)
+      print(f"{w}: {measure(w, args.num_samples, args.batch_size, overrides)}", flush=True)
   print(HEADER)
   for w in workdirs:
-    print(row(w))
+    print(row(w, overrides))
 
 
 if __name__ == "__main__":
