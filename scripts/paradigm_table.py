@@ -139,7 +139,8 @@ def row(workdir: str, overrides: dict | None = None) -> str:
   fmt = lambda v, f: "-" if v is None else f.format(v)
   s = cfg.get("sample", {})
   cfg_note = f" (CFG {s['cfg_scale']} {s.get('cfg_schedule', '')})" if s.get("cfg_scale", 1.0) != 1.0 else ""
-  cells = [display_name(cfg) + cfg_note, os.path.normpath(workdir), fmt(acc, "{:.1%}"), fmt(table.get("fid"), "{:.2f}"),
+  note = cfg_note + "".join(f" [{k}={v}]" for k, v in (overrides or {}).items() if not k.startswith("cfg_"))
+  cells = [display_name(cfg) + note, os.path.normpath(workdir), fmt(acc, "{:.1%}"), fmt(table.get("fid"), "{:.2f}"),
            fmt(table.get("sec_per_image"), "{:.4f}") + (f" ({table['device']})" if "device" in table else ""),
            nfe(cfg, table.get("units")), str(steps or "-"), ttime, f"`{command(run, workdir)}`"]
   return "| " + " | ".join(cells) + " |"

@@ -61,15 +61,15 @@ def test_runs_folder_lists_paradigms_in_table_order_and_skips_tokenizers(tmp_pat
 
 
 def test_sampling_overrides_have_their_own_table_file_and_row_note(tmp_path):
-  overrides = table.parse_overrides(["cfg_schedule=constant", "cfg_scale=4"])
-  assert overrides == {"cfg_schedule": "constant", "cfg_scale": 4}
-  assert table.table_file(overrides) == "table.cfg_schedule=constant_cfg_scale=4.json"
+  overrides = table.parse_overrides(["cfg_schedule=constant", "cfg_scale=4", "compute_dtype=float32"])
+  assert overrides == {"cfg_schedule": "constant", "cfg_scale": 4, "compute_dtype": "float32"}
+  assert table.table_file(overrides) == "table.cfg_schedule=constant_cfg_scale=4_compute_dtype=float32.json"
   write_run(tmp_path / "acdit", ACDIT, [dict(step=1000, loss=0.4, steps_per_s=1.0)],
             dict(judge_accuracy=0.5, fid=9.0, sec_per_image=0.5, device="cpu", units=4))
   with open(tmp_path / "acdit" / table.table_file(overrides), "w") as f:
     json.dump(dict(judge_accuracy=0.75, fid=4.0, sec_per_image=0.5, device="cpu", units=4), f)
   got = cells(table.row(str(tmp_path / "acdit"), overrides))
-  assert got[0] == "ACDiT (CFG 4 constant)" and got[2:4] == ["75.0%", "4.00"]
+  assert got[0] == "ACDiT (CFG 4 constant) [compute_dtype=float32]" and got[2:4] == ["75.0%", "4.00"]
   assert cells(table.row(str(tmp_path / "acdit")))[:4] == ["ACDiT (CFG 2.0 linear)", str(tmp_path / "acdit"),
                                                            "50.0%", "9.00"]
   with pytest.raises(ValueError, match="KEY=VALUE"):
