@@ -20,6 +20,7 @@ the dimwise tokenizer this is TokenBridge (docs/tokenbridge.md).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -30,6 +31,7 @@ from arjax import conditioning
 from arjax import heads
 from arjax import masks
 from arjax.nn import layers
+from arjax.nn import rope as rope_lib
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.paradigms import latent
 from arjax.sampling import loop
@@ -61,12 +63,14 @@ def unmask_schedule(num_tokens: int, num_iter: int):
 
 
 class MarNet(nn.Module):
-  """(tokens [B,N,C], known [B,N], cond) -> decoder features [B,N,D] for the head."""
+  """(tokens [B,N,C], known [B,N], cond) -> decoder features [B,N,D] for the head. `positions` [buffer + N, 2]:
+  (row, col) of each input for a rope2d encoder / decoder (the buffer tokens at (-1, -1)); None: indices."""
   conditioner: conditioning.Conditioner
   width: int
   buffer: int
   encoder: TransformerConfig
   decoder: TransformerConfig
+  positions: Any = None
 
   @nn.compact
   def __call__(self, x_BNC, known_BN, cond):
@@ -77,10 +81,11 @@ class MarNet(nn.Module):
     buf = jnp.broadcast_to(cond_BD[:, None, :], (b, self.buffer, self.width))
     h = layers.dense(self.width, (None, "embed"), name="in")(x_BNC)
     h = jnp.where(known_BN[..., None], h, vec("enc_mask"))
-    h, _ = Transformer(self.encoder, name="encoder")(jnp.concatenate([buf, h], 1), masks.full())
+    h, _ = Transformer(self.encoder, name="encoder")(jnp.concatenate([buf, h], 1), masks.full(),
+                                                     positions=self.positions)
     h = layers.dense(self.width, ("embed", "mlp"), name="enc_to_dec")(h)
     h = h.at[:, self.buffer:].set(jnp.where(known_BN[..., None], h[:, self.buffer:], vec("dec_mask")))
-    h, _ = Transformer(self.decoder, name="decoder")(h, masks.full())
+    h, _ = Transformer(self.decoder, name="decoder")(h, masks.full(), positions=self.positions)
     return h[:, self.buffer:]
 
 
@@ -92,9 +97,15 @@ class MaskedAR(latent.LatentParadigm):
     self.mask_kind = cfg.get("mask_ratio", "mar")
     if self.mask_kind not in MASK_RATIOS:
       raise ValueError(f"model.mask_ratio must be one of {MASK_RATIOS}, got {self.mask_kind!r}")
+    pos = {cfg[part].get("pos") for part in ("encoder", "decoder")}
+    if "rope2d" in pos and len(pos) > 1:
+      raise ValueError(f"model.encoder.pos and model.decoder.pos: rope2d in one needs it in both, got {sorted(pos)}")
+    rope2d = pos == {"rope2d"}
     tcfg = lambda part: TransformerConfig.make(cfg[part], f"model.{part}", width=cfg.width,
                                                max_len=self.num_tokens + cfg.buffer)
-    self.net = MarNet(self.conditioner, cfg.width, cfg.buffer, tcfg("encoder"), tcfg("decoder"))
+    positions = np.concatenate([np.full((cfg.buffer, 2), -1, np.int32), rope_lib.grid_positions(*self.grid)]) \
+        if rope2d else None
+    self.net = MarNet(self.conditioner, cfg.width, cfg.buffer, tcfg("encoder"), tcfg("decoder"), positions)
     self.head = heads.build(self.token_dim, cfg.head, tokenizer, tokenizer_params)
 
   def init(self, rng, batch):

@@ -17,8 +17,8 @@ from arjax.sampling import loop
 TOKENIZER = types.SimpleNamespace(grid=(4, 4), latent_dim=3)
 
 
-def make(kind="flow"):
-  block = dict(depth=1, heads=2, kv_heads=2, pos="learned", impl="xla")
+def make(kind="flow", pos="learned"):
+  block = dict(depth=1, heads=2, kv_heads=2, pos=pos, impl="xla")
   cfg = ml_collections.ConfigDict(dict(
       name="masked_ar", num_classes=3, width=32, label_drop=0.1, buffer=2, num_iter=4,
       encoder=block, decoder=dict(block),
@@ -60,8 +60,9 @@ def test_unmask_schedule_is_marss_cosine(n, iters):
   assert got == want and got[-1] == 0 and all(a > b for a, b in zip([n] + got, got))
 
 
-def test_unknown_token_values_are_invisible():
-  model, params = make()
+@pytest.mark.parametrize("pos", ["learned", "rope2d"])
+def test_unknown_token_values_are_invisible(pos):
+  model, params = make(pos=pos)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 16, 3)), jnp.float32)
   known = jnp.asarray(rng.uniform(size=(2, 16)) < 0.5)
@@ -69,6 +70,21 @@ def test_unknown_token_values_are_invisible():
   base = f(x)
   assert np.abs(np.asarray(f(jnp.where(known[..., None], x, 5.0)) - base)).max() < 1e-5
   assert np.abs(np.asarray(f(jnp.where(known[..., None], x + 1.0, x)) - base)).max() > 1e-3
+
+
+def test_rope2d_rotates_by_grid_position_and_must_be_in_both_transformers():
+  """rope2d: a known token's effect on another depends on their 2D offset; the buffer sits at (-1, -1)."""
+  model, params = make(pos="rope2d")
+  np.testing.assert_array_equal(model.net.positions[:2], [[-1, -1], [-1, -1]])
+  np.testing.assert_array_equal(model.net.positions[2:], [[r, c] for r in range(4) for c in range(4)])
+  assert "pos_embed" not in str(jax.tree_util.tree_structure(params["net"]))
+  block = dict(depth=1, heads=2, kv_heads=2, impl="xla")
+  cfg = ml_collections.ConfigDict(dict(
+      name="masked_ar", num_classes=3, width=32, label_drop=0.1, buffer=2, num_iter=4,
+      encoder=dict(block, pos="rope2d"), decoder=dict(block, pos="learned"),
+      head=dict(kind="flow", width=32, depth=1, steps=3, steps_end=0, solver="euler", batch_mul=1)))
+  with pytest.raises(ValueError, match="rope2d in one needs it in both"):
+    masked_ar.MaskedAR(cfg, TOKENIZER, None)
 
 
 @pytest.mark.parametrize("kind", ["flow", "diffusion"])
