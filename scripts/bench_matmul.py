@@ -32,6 +32,7 @@ CONV_DN = ("NHWC", "HWIO", "NHWC")
 FLAG_SETS = {"default": "", "no library fusion": "--xla_cpu_experimental_ynn_fusion_type=",
              "oneDNN": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot",
              "oneDNN custom call": "--xla_cpu_experimental_onednn_custom_call=true",
+             "XLA conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
              "YNN conv": "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution",
              "XNN conv": "--xla_cpu_experimental_xnn_fusion_type=+individual_convolution"}
 LIBRARIES = ("ynn_fusion", "onednn", "xnn_fusion")
