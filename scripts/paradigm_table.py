@@ -34,8 +34,9 @@ HEADER = ("| paradigm | run | judge acc | judge FID | sampling s/img | NFE / ima
           "command |\n|---|---|---|---|---|---|---|---|---|")
 
 
-def read_run(workdir: str) -> dict:
-  """config.json, metrics.jsonl and (if present) table.json / command.txt of a run directory."""
+def read_run(workdir: str, table: str = "table.json") -> dict:
+  """config.json, metrics.jsonl and (if present) the measurement `table` (kept under 'table.json') and command.txt
+  of a run directory."""
   with open(os.path.join(workdir, "config.json")) as f:
     cfg = json.load(f)
   lines = []
@@ -43,11 +44,11 @@ def read_run(workdir: str) -> dict:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       lines = [json.loads(l) for l in f if l.strip()]
   extra = {}
-  for name in ("table.json", "command.txt"):
+  for key, name in (("table.json", table), ("command.txt", "command.txt")):
     path = os.path.join(workdir, name)
     if os.path.exists(path):
       with open(path) as f:
-        extra[name] = json.load(f) if name.endswith(".json") else f.read().strip()
+        extra[key] = json.load(f) if name.endswith(".json") else f.read().strip()
   return dict(cfg=cfg, metrics=lines, **extra)
 
 
@@ -127,11 +128,9 @@ def parse_overrides(items) -> dict:
 
 
 def row(workdir: str, overrides: dict | None = None) -> str:
-  run = read_run(workdir)
+  run = read_run(workdir, table_file(overrides or {}))
   cfg, table = run["cfg"], run.get("table.json", {})
   if overrides:
-    path = os.path.join(workdir, table_file(overrides))
-    table = json.load(open(path)) if os.path.exists(path) else {}
     cfg = dict(cfg, sample=dict(cfg.get("sample", {}), **overrides))
   acc = [l["judge/accuracy"] for l in run["metrics"] if "judge/accuracy" in l]
   acc = table.get("judge_accuracy", acc[-1] if acc else None)
