@@ -54,6 +54,8 @@ def run(config, workdir: str):
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, "run.json"), "w") as f:  # where this (possibly resumed) training ran
+      json.dump(dict(device=jax.devices()[0].device_kind, num_devices=jax.device_count(), jax=jax.__version__), f)
   state, metrics = loop.train(config, workdir, model, evaluators)
   if interfaces.is_paradigm(model):
     path = os.path.join(workdir, "samples.png")

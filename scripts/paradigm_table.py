@@ -7,13 +7,16 @@
 A run directory is what `python -m arjax.main --workdir DIR` leaves: config.json, metrics.jsonl, checkpoints/.
 Columns: judge class accuracy and judge-space FID (Fréchet distance of the shapes judge's pooled features, samples vs
 held-out real images), sampling time per image, NFE (network evaluations per image), training time (train steps over
-the logged steps/s: compile and evals excluded) and the exact command (DIR/command.txt, which
+the logged steps/s: compile and evals excluded; with the device from DIR/run.json) and the exact command (DIR/command.txt, which
 scripts/shapes_continuous.sh writes; else rebuilt from config.json). With --measure, runs without DIR/table.json are
 sampled (--num_samples images, the run's config.sample options, EMA params) and judged, and table.json is written;
 without it, a run's judge accuracy is the last 'judge/accuracy' it logged and FID / sampling time are '-'.
 New paradigms (TokenBridge, JPEG-LM, any-order, next-frame, ...) add a row as soon as their run directory exists.
-`--sample KEY=VALUE` (repeatable) measures and prints the runs with those sampling options instead of the trained
-config's, kept apart in DIR/table.KEY=VALUE.json (e.g. `--measure --sample cfg_schedule=constant runs/acdit`).
+Longer budgets: a sibling DIR_2x, DIR_3x, ... (`STEPS_MUL=2 bash scripts/shapes_continuous.sh NAME`) adds its
+measured judge accuracy / FID to DIR's last column instead of a row of its own.
+`--sample KEY=VALUE` (repeatable) measures and prints the runs with those sampling options (config.sample keys, or a
+paradigm's own, e.g. MAR's num_iter) instead of the trained config's, kept apart in DIR/table.KEY=VALUE.json
+(e.g. `--measure --sample cfg_schedule=constant runs/acdit`).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,12 +35,13 @@ ORDER = list(NAMES)
 CONFIG_FILES = {"next_token": "next_token.py", "next_scale": "var.py", "masked_ar": "mar.py",  # configs/shapes/<file>
                 "block_diffusion": "acdit.py", "scale_flow": "flowar.py", "next_x": "xar.py"}
 HEADER = ("| paradigm | run | judge acc | judge FID | sampling s/img | NFE / image | train steps | train time | "
-          "command |\n|---|---|---|---|---|---|---|---|---|")
+          "command | longer budgets: acc / FID |\n|---|---|---|---|---|---|---|---|---|---|")
+LONGER = re.compile(r"(.+)_(\d+)x$")  # DIR_2x: DIR's config trained for 2x the steps
 
 
 def read_run(workdir: str, table: str = "table.json") -> dict:
-  """config.json, metrics.jsonl and (if present) the measurement `table` (kept under 'table.json') and command.txt
-  of a run directory."""
+  """config.json, metrics.jsonl and (if present) the measurement `table` (kept under 'table.json'), command.txt and
+  run.json (the training device) of a run directory."""
   with open(os.path.join(workdir, "config.json")) as f:
     cfg = json.load(f)
   lines = []
@@ -44,7 +49,7 @@ def read_run(workdir: str, table: str = "table.json") -> dict:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       lines = [json.loads(l) for l in f if l.strip()]
   extra = {}
-  for key, name in (("table.json", table), ("command.txt", "command.txt")):
+  for key, name in (("table.json", table), ("command.txt", "command.txt"), ("run.json", "run.json")):
     path = os.path.join(workdir, name)
     if os.path.exists(path):
       with open(path) as f:
@@ -61,7 +66,7 @@ def display_name(cfg: dict) -> str:
   if model["name"] == "next_x":
     return f"{name} ({model['entity']})"
   if model["name"] == "masked_ar":
-    return f"{name} ({model['head']['kind']} head)"
+    return f"{name} ({model['head']['kind']} head, {model.get('encoder', {}).get('pos', 'learned')} positions)"
   return name
 
 
@@ -100,12 +105,25 @@ def command(run: dict, workdir: str) -> str:
           + (f" --config.tokenizer.workdir={tok}" if tok else "") + "  (rebuilt from config.json; overrides not shown)")
 
 
-def train_time(metrics: list) -> tuple[int, str]:
+def train_time(metrics: list, device: str | None = None) -> tuple[int, str]:
   logged = [l for l in metrics if "steps_per_s" in l]
   if not logged:
     return 0, "-"
   last = logged[-1]
-  return last["step"], f"{last['step'] / last['steps_per_s'] / 60:.1f} min"
+  return last["step"], f"{last['step'] / last['steps_per_s'] / 60:.1f} min" + (f" ({device})" if device else "")
+
+
+def longer_budgets(workdir: str, table: str = "table.json") -> str:
+  """'2x: 96.7% / 6.68; 3x: ...' from the measured sibling runs DIR_2x, DIR_3x, ... ('-' if none)."""
+  parent, base = os.path.split(os.path.normpath(workdir))
+  found = []
+  for d in os.listdir(parent or "."):
+    m = LONGER.fullmatch(d)
+    if m and m.group(1) == base and os.path.isfile(os.path.join(parent, d, table)):
+      with open(os.path.join(parent, d, table)) as f:
+        t = json.load(f)
+      found.append((int(m.group(2)), f"{m.group(2)}x: {t['judge_accuracy']:.1%} / {t['fid']:.2f}"))
+  return "; ".join(text for _, text in sorted(found)) or "-"
 
 
 def table_file(overrides: dict) -> str:
@@ -134,14 +152,15 @@ def row(workdir: str, overrides: dict | None = None) -> str:
     cfg = dict(cfg, sample=dict(cfg.get("sample", {}), **overrides))
   acc = [l["judge/accuracy"] for l in run["metrics"] if "judge/accuracy" in l]
   acc = table.get("judge_accuracy", acc[-1] if acc else None)
-  steps, ttime = train_time(run["metrics"])
+  steps, ttime = train_time(run["metrics"], run.get("run.json", {}).get("device"))
   fmt = lambda v, f: "-" if v is None else f.format(v)
   s = cfg.get("sample", {})
   cfg_note = f" (CFG {s['cfg_scale']} {s.get('cfg_schedule', '')})" if s.get("cfg_scale", 1.0) != 1.0 else ""
   note = cfg_note + "".join(f" [{k}={v}]" for k, v in (overrides or {}).items() if not k.startswith("cfg_"))
   cells = [display_name(cfg) + note, os.path.normpath(workdir), fmt(acc, "{:.1%}"), fmt(table.get("fid"), "{:.2f}"),
            fmt(table.get("sec_per_image"), "{:.4f}") + (f" ({table['device']})" if "device" in table else ""),
-           nfe(cfg, table.get("units")), str(steps or "-"), ttime, f"`{command(run, workdir)}`"]
+           nfe(cfg, table.get("units")), str(steps or "-"), ttime, f"`{command(run, workdir)}`",
+           longer_budgets(workdir, table_file(overrides or {}))]
   return "| " + " | ".join(cells) + " |"
 
 
@@ -165,10 +184,7 @@ def measure(workdir: str, num_samples: int, batch_size: int, overrides: dict | N
   from arjax.eval import evaluators, judge
   from arjax.train import checkpoint
   config = load_config(read_run(workdir)["cfg"])
-  unknown = sorted(set(overrides or {}) - set(config.sample))
-  if unknown:
-    raise ValueError(f"--sample {unknown}: not keys of {workdir}'s config.sample ({sorted(config.sample)})")
-  config.sample.update(overrides or {})
+  config.sample.update(overrides or {})  # config.sample keys or the paradigm's own options (its sampler checks them)
   model = registry.build_model(config)
   params = checkpoint.load_params(os.path.join(workdir, "checkpoints"), ema=True)
   judge_params = evaluators.build_evaluators({"judge": dict(type="judge", num_samples=num_samples)}, model, workdir,
@@ -206,9 +222,14 @@ def vae_psnr(workdir: str, n: int = 512) -> float:
 
 
 def paradigm_runs(root: str) -> list:
-  """Run directories under root whose model is a paradigm, in table order."""
+  """Run directories under root whose model is a paradigm, in table order; DIR_2x, ... only where DIR is absent
+  (else they are DIR's longer-budget column)."""
   found = []
-  for d in sorted(os.listdir(root)):
+  names = set(os.listdir(root))
+  for d in sorted(names):
+    m = LONGER.fullmatch(d)
+    if m and m.group(1) in names:
+      continue
     path = os.path.join(root, d, "config.json")
     if os.path.isfile(path):
       with open(path) as f:

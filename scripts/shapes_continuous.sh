@@ -2,8 +2,8 @@
 # The paradigms on `shapes`: trains each named run (after its tokenizer, once), then measures all of them
 # (512 samples: judge accuracy, judge-space FID, sampling time) and prints the README's paradigm table.
 #   bash scripts/shapes_continuous.sh [name ...]   (default: mar acdit flowar xar)
-# Names: mar | mar_flow (MAR with the flow-matching head instead of the DDPM one) | mar_rope (MAR with 2D RoPE in
-# its encoder / decoder instead of learned positions) | acdit | flowar | xar (2x2 cells) |
+# Names: mar | mar_flow (MAR with the flow-matching head instead of the DDPM one) | mar_learned (MAR with the paper's
+# learned absolute positions instead of 2D RoPE) | acdit | flowar | xar (2x2 cells) |
 # xar_<entity> (token, cell, subsample, scale, image) | var | nt.
 # Tokenizers: runs/vae (KL-VAE: mar, acdit, flowar, xar*), runs/msvq (var), runs/vq (nt); each is trained only if
 # its DONE file is missing. A finished run is resumed at its last step, i.e. skipped.
@@ -40,14 +40,14 @@ for name in "$@"; do
   case "$name" in
     mar | acdit | flowar) config="configs/shapes/$name.py"; tok=vae; extra=() ;;
     mar_flow) config=configs/shapes/mar.py; tok=vae; extra=(--config.model.head.kind=flow) ;;
-    mar_rope) config=configs/shapes/mar.py; tok=vae
-      extra=(--config.model.encoder.pos=rope2d --config.model.decoder.pos=rope2d) ;;
+    mar_learned) config=configs/shapes/mar.py; tok=vae
+      extra=(--config.model.encoder.pos=learned --config.model.decoder.pos=learned) ;;
     xar) config=configs/shapes/xar.py; tok=vae; extra=() ;;
     xar_token | xar_cell | xar_subsample | xar_scale | xar_image)
       config=configs/shapes/xar.py; tok=vae; extra=("--config.model.entity=${name#xar_}") ;;
     var) config=configs/shapes/var.py; tok=msvq; extra=() ;;
     nt) config=configs/shapes/next_token.py; tok=vq; extra=() ;;  # (no in-training judge to turn off)
-    *) echo "unknown run name '$name' (mar mar_flow mar_rope acdit flowar xar xar_<entity> var nt)" >&2; exit 2 ;;
+    *) echo "unknown run name '$name' (mar mar_flow mar_learned acdit flowar xar xar_<entity> var nt)" >&2; exit 2 ;;
   esac
   tokenizer "$tok"
   workdir="$runs/$name"

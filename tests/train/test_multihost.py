@@ -73,6 +73,8 @@ def test_two_processes_train_as_one(tmp_path):
   assert (two / "checkpoints" / "2").is_dir()
   log0, _ = wait(two_processes(two))  # resumes from the step-2 checkpoint both processes saved
   assert "at step 2" in log0 and (two / "samples.png").is_file()
+  run = json.loads((two / "run.json").read_text())  # where it trained: the global device count, written once
+  assert run == dict(device="cpu", num_devices=2, jax=jax.__version__)
   loss_diff = np.abs(metrics(one) - metrics(two)).max()  # loss, nll, grad_norm, token_acc, lr per step
   state_one, data_one = ckpt_lib.Checkpointer(str(one / "checkpoints"), create=False).restore()
   state_two, data_two = ckpt_lib.Checkpointer(str(two / "checkpoints"), create=False).restore()
