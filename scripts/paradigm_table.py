@@ -83,7 +83,10 @@ def nfe(cfg: dict, units) -> str:
   ('head'; batched over the unit's tokens); an entity paradigm's transformer is its denoiser, so its passes are
   units x solver steps (+ one pass per entity writing it, clean, into the KV cache). CFG doubles each pass's batch,
   not the count. `units`: AR units per image (table.json), or None."""
-  m = cfg["model"]
+  m, opts = cfg["model"], cfg.get("sample", {})
+  solve = {k: opts[k] for k in ("steps", "steps_end", "solver") if opts.get(k) is not None}  # sampling overrides
+  m = dict(m, num_iter=opts.get("num_iter") or m.get("num_iter"), **{
+      part: dict(m[part], **solve) for part in ("head", "flow") if part in m})
   if m["name"] == "masked_ar":
     return f"{m['num_iter']} + {m['num_iter']}x{head_steps(m['head'])} head"
   if m["name"] == "scale_flow":

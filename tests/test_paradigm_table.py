@@ -46,6 +46,7 @@ def test_rows_take_measured_values_then_logged_ones(tmp_path):
   write_run(tmp_path / "mar", MAR, [dict(step=1000, loss=0.3, steps_per_s=4.0), {"step": 1000, "judge/accuracy": 0.5}])
   got = cells(table.row(str(tmp_path / "mar")))
   assert got[2:5] == ["50.0%", "-", "-"] and got[5] == "16 + 16x50 head"
+  assert table.nfe(dict(model=MAR, sample=dict(num_iter=64, steps=10)), None) == "64 + 64x10 head"  # overrides
   assert got[8].startswith("`python -m arjax.main --config configs/shapes/mar.py") and "runs/vae" in got[8]
 
 
