@@ -70,6 +70,15 @@ def conv_taps(x, w, acc=None):
              for i in range(kh) for j in range(kw))
 
 
+def conv_im2col(x, w, acc=None):
+  """A SAME 'conv' as one [B*H*W, kh*kw*C] x [kh*kw*C, D] product over the concatenated shifted views."""
+  kh, kw, c, d = w.shape
+  h, wd = x.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+  cols = jnp.concatenate([xp[:, i:i + h, j:j + wd] for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.einsum("bhwk,kd->bhwd", cols, w.reshape(kh * kw * c, d), preferred_element_type=acc)
+
+
 def conv_fn(acc=None):
   return jax.jit(lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=CONV_DN,
                                                            preferred_element_type=acc))
@@ -139,7 +148,8 @@ def products():
   bf = lambda t: t.astype(jnp.bfloat16)
   for name, fn, args in [("conv f32", conv_fn(), (x, w)), ("conv bf16->f32", conv_fn(jnp.float32), (bf(x), bf(w))),
                          ("taps f32", jax.jit(conv_taps), (x, w)),
-                         ("taps bf16->f32", jax.jit(lambda a, b: conv_taps(a, b, jnp.float32)), (bf(x), bf(w)))]:
+                         ("taps bf16->f32", jax.jit(lambda a, b: conv_taps(a, b, jnp.float32)), (bf(x), bf(w))),
+                         ("im2col bf16->f32", jax.jit(lambda a, b: conv_im2col(a, b, jnp.float32)), (bf(x), bf(w)))]:
     s = seconds(fn, *args, n=3)
     print(f"3x3 conv 256ch 64x64 batch 2, {name}: {flops / s / 1e9:.0f} GF/s ({1e3 * s:.1f} ms)")
 
