@@ -45,7 +45,7 @@ def xla_attention(q_BQHD, k_BGKD, v_BGKD, mask, *, q_idx_BQ=None, k_idx_BK=None,
   r = h // g
   # Query heads of a group fold into the query axis (m = r * lq): two plain [B, G] batched products with the
   # keys minor in the logits, and the scale applied to q, not to the [M, K] logits (on XLA:CPU the 5-D
-  # 'bqgrd,bgkd->bgrqk' form with scaled logits was ~1.4x slower: scripts/bench_xla_attention.py).
+  # 'bqgrd,bgkd->bgrqk' form with scaled logits was ~1.7x slower: scripts/bench_xla_attention.py).
   q_BGMD = (q_BQHD * scale).astype(k_BGKD.dtype)  # a bf16 cache: bf16 operands, f32 accumulation
   q_BGMD = q_BGMD.reshape(b, lq, g, r, d).transpose(0, 2, 3, 1, 4).reshape(b, g, r * lq, d)
   logits = jnp.einsum("bgmd,bgkd->bgmk", q_BGMD, k_BGKD, preferred_element_type=jnp.float32)
