@@ -7,8 +7,8 @@
 A run directory is what `python -m arjax.main --workdir DIR` leaves: config.json, metrics.jsonl, checkpoints/.
 Columns: judge class accuracy and judge-space FID (Fréchet distance of the shapes judge's pooled features, samples vs
 held-out real images), sampling time per image, NFE (network evaluations per image), training time (train steps over
-the logged steps/s: compile and evals excluded; with the device from DIR/run.json) and the exact command (DIR/command.txt, which
-scripts/shapes_continuous.sh writes; else rebuilt from config.json). With --measure, runs without DIR/table.json are
+the logged steps/s: compile and evals excluded; with the device from DIR/run.json) and the exact command
+(DIR/command.txt, which scripts/shapes_continuous.sh writes; else rebuilt from config.json). With --measure, runs without DIR/table.json are
 sampled (--num_samples images, the run's config.sample options, EMA params) and judged, and table.json is written;
 without it, a run's judge accuracy is the last 'judge/accuracy' it logged and FID / sampling time are '-'.
 New paradigms (TokenBridge, JPEG-LM, any-order, next-frame, ...) add a row as soon as their run directory exists.
