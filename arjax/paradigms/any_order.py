@@ -200,7 +200,7 @@ class AnyOrder(base.Paradigm):
       logits = self.logits(params, cond2, guide.double(tokens_BN), guide.double(rank_BN))
       logits = guidance_lib.combine(logits, guide.scale) if guide.on else logits
       flat = logits.reshape(-1, logits.shape[-1]) / jnp.maximum(opts["temperature"], 1e-6)
-      flat = logits_lib.top_p_filter(logits_lib.top_k_filter(flat, opts["top_k"]), opts["top_p"])
+      flat = logits_lib.filter_logits(flat, opts["top_k"], opts["top_p"])
       return flat.reshape(logits.shape)
 
     return fn

@@ -77,7 +77,7 @@ class NextScale(base.Paradigm):
     if not opts["smooth"]:
       return idx, codes_VC[idx]
     flat = logits.reshape(-1, logits.shape[-1])
-    filtered = logits_lib.top_p_filter(logits_lib.top_k_filter(flat, opts["top_k"]), opts["top_p"])
+    filtered = logits_lib.filter_logits(flat, opts["top_k"], opts["top_p"])
     tau = jnp.maximum(0.27 * (1 - unit.progress * 0.95), 0.005)
     soft = jax.nn.softmax((filtered * (1 + unit.progress) + jax.random.gumbel(gkey, flat.shape)) / tau, axis=-1)
     return idx, (soft @ codes_VC).reshape(*idx.shape, -1)

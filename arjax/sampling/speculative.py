@@ -85,7 +85,7 @@ def neighbours(codebook_VD, k: int, chunk: int = 1024):
 def probs(logits_NV, temperature=1.0, top_k=0, top_p=1.0):
   """The distribution logits.sample_categorical draws from: temperature, top-k, top-p (one-hot argmax at 0)."""
   x = logits_NV.astype(jnp.float32).reshape(-1, logits_NV.shape[-1])
-  y = logits_lib.top_p_filter(logits_lib.top_k_filter(x / jnp.maximum(temperature, 1e-6), top_k), top_p)
+  y = logits_lib.filter_logits(x / jnp.maximum(temperature, 1e-6), top_k, top_p)
   p = jax.nn.softmax(y, axis=-1)  # static top_k / top_p that keep everything skip their filters
   return jnp.where(temperature <= 0, jax.nn.one_hot(jnp.argmax(x, -1), x.shape[-1]), p).reshape(logits_NV.shape)
 

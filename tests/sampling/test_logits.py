@@ -32,7 +32,7 @@ def np_top_p(x, p):
 @pytest.mark.parametrize("k", [1, 3, 7, 10, 0])
 def test_top_k(k):
   x = np.random.default_rng(k).normal(size=(4, 10)).astype(np.float32)
-  got = np.asarray(L.top_k_filter(jnp.asarray(x), k))
+  got = np.asarray(L.filter_logits(jnp.asarray(x), k))
   for row, g in zip(x, got):
     ref = np_top_k(row, k if k > 0 else 10)
     np.testing.assert_array_equal(np.isfinite(ref), g > L.NEG_INF / 2)
@@ -41,7 +41,7 @@ def test_top_k(k):
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.999, 1.0])
 def test_top_p(p):
   x = np.random.default_rng(int(p * 100)).normal(size=(4, 12)).astype(np.float32) * 2
-  got = np.asarray(L.top_p_filter(jnp.asarray(x), p))
+  got = np.asarray(L.filter_logits(jnp.asarray(x), 0, p))
   for row, g in zip(x, got):
     np.testing.assert_array_equal(np.isfinite(np_top_p(row, p)), g > L.NEG_INF / 2)
 
@@ -81,16 +81,33 @@ def test_guided_draw_matches_combined_logits():
   assert got.shape == (1,) and int(got[0]) == int(jnp.argmax(want))
 
 
-@pytest.mark.parametrize("k", [1, 4, 0, 12])
-def test_top_k_static_path_equals_traced_sort(k):
+@pytest.mark.parametrize("k,p", [(1, 1.0), (4, 1.0), (0, 0.7), (12, 0.3), (5, 0.9)])
+def test_filter_static_equals_traced(k, p):
   x = jnp.asarray(np.random.default_rng(k).normal(size=(5, 12)).astype(np.float32))
-  np.testing.assert_array_equal(np.asarray(L.top_k_filter(x, k)), np.asarray(jax.jit(L.top_k_filter)(x, k)))
+  np.testing.assert_array_equal(np.asarray(L.filter_logits(x, k, p)), np.asarray(jax.jit(L.filter_logits)(x, k, p)))
+
+
+def test_filter_at_var_scale_matches_sorting_reference():
+  """VAR's top-k 900 / top-p 0.96 over 4096 codes, negative and positive logits: the sort-free cut-offs keep
+  exactly the tokens the sorted numpy reference keeps."""
+  x = (np.random.default_rng(0).normal(size=(6, 4096)) * 3).astype(np.float32)
+  got = np.asarray(L.filter_logits(jnp.asarray(x), 900, 0.96)) > L.NEG_INF / 2
+  want = np.stack([np.isfinite(np_top_p(np_top_k(row.astype(np.float64), 900), 0.96)) for row in x])
+  np.testing.assert_array_equal(got, want)
+  assert 100 < got.sum(-1).min() and got.sum(-1).max() < 900  # both cut-offs are active
+
+
+def test_filter_keeps_ties_and_the_top_token():
+  x = jnp.asarray([[3.0, 2.0, 2.0, -1.0, -0.0, 0.0]])
+  np.testing.assert_array_equal(np.asarray(L.filter_logits(x, 2)) > L.NEG_INF / 2, [[1, 1, 1, 0, 0, 0]])
+  np.testing.assert_array_equal(np.asarray(L.filter_logits(x, 0, 1e-6)) > L.NEG_INF / 2, [[1, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(np.asarray(jax.jit(L.filter_logits)(x, 0, 1.0)) > L.NEG_INF / 2, [[1] * 6])
 
 
 @pytest.mark.parametrize("traced", [False, True])
 def test_top_k_top_p_draws_match_the_filtered_distribution(traced):
-  """Static top_k (drawn among lax.top_k's candidates) and traced top_k (vocabulary filters): 20k draws against
-  the exact temperature -> top-k -> top-p distribution of the numpy reference; greedy is the argmax."""
+  """Static and traced top_k: 20k draws against the exact temperature -> top-k -> top-p distribution of the numpy
+  reference; greedy is the argmax."""
   logits = np.log(np.array([0.05, 0.3, 0.02, 0.2, 0.15, 0.1, 0.08, 0.09], np.float32))
   n, temperature, k, p = 20000, 0.9, 5, 0.8
   z = logits.astype(np.float64) / temperature
