@@ -60,10 +60,11 @@ def filter_logits(logits_BV, top_k=0, top_p=1.0):
 def sample_categorical(rng, logits_BV, *, temperature=1.0, top_k=0, top_p=1.0):
   """Temperature, then top-k, then top-p (`filter_logits`), then a categorical draw over the vocabulary in its own
   order (nearby logits, bf16 vs f32, with the same key give the same token); temperature 0 is greedy."""
-  greedy = jnp.argmax(logits_BV, axis=-1)
   logits = filter_logits(logits_BV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6), top_k, top_p)
-  drawn = jax.random.categorical(rng, logits, axis=-1)
-  return jnp.where(temperature <= 0, greedy, drawn).astype(jnp.int32)
+  drawn = jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+  if isinstance(temperature, (int, float)) and temperature > 0:
+    return drawn  # no greedy pass over the vocabulary when it cannot be chosen
+  return jnp.where(temperature <= 0, jnp.argmax(logits_BV, axis=-1).astype(jnp.int32), drawn)
 
 
 def draw(rng, logits_NV, scale=None, *, temperature=1.0, top_k=0, top_p=1.0, **_):
