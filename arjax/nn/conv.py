@@ -9,12 +9,74 @@ the small attention-free one of the VQ / VAE tokenizers. Modules compute in the 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arjax.nn import quant
+
 HIGHEST = jax.lax.Precision.HIGHEST
+CHUNK_ROWS = 3072  # pixels (batch x rows x width) per product of conv3x3_rows
+
+
+def _chunk_rows(b: int, h: int, w: int) -> int:
+  """The largest divisor of h whose chunk of b x rows x w pixels stays within CHUNK_ROWS (at least 1 row)."""
+  target = max(1, CHUNK_ROWS // (b * w))
+  return max(r for r in range(1, h + 1) if h % r == 0 and r <= target) if target < h else h
+
+
+def conv3x3_rows(x_BHWC, w_33CD):
+  """SAME 3x3 stride-1 convolution with bf16 operands and f32 accumulation, as row-chunked products.
+
+  Per chunk of output rows, one [B * (rows + 2) * W, C] x [C, 9 * D] product gives every tap's contribution at
+  every input pixel; the output sums the 9 taps' shifted [rows, W] windows. On XLA:CPU a bf16 -> f32 product
+  of a few thousand rows and a few hundred columns runs at ~650 GFLOP/s on AMX, a convolution at ~150
+  (bf16 or f32), and a product of the whole image at a third of the chunked speed
+  (scripts/bench_conv.py)."""
+  b, h, w, c = x_BHWC.shape
+  d = w_33CD.shape[-1]
+  rows = _chunk_rows(b, h, w)
+  x_BPWC = jnp.pad(x_BHWC.astype(jnp.bfloat16), ((0, 0), (1, 1), (0, 0), (0, 0)))
+  w_CN = w_33CD.transpose(2, 0, 1, 3).reshape(c, 9 * d).astype(jnp.bfloat16)
+  shift = lambda y, pad: jnp.pad(y, ((0, 0), (0, 0), pad, (0, 0)))
+
+  def chunk(r0):
+    x_BRWC = jax.lax.dynamic_slice_in_dim(x_BPWC, r0, rows + 2, axis=1)
+    z = jnp.einsum("brwc,cn->brwn", x_BRWC, w_CN, preferred_element_type=jnp.float32).reshape(b, rows + 2, w, 3, 3, d)
+    col = [sum(z[:, i:i + rows, :, i, j] for i in range(3)) for j in range(3)]  # kernel column j, at its input
+    return col[1] + shift(col[0][:, :, :-1], (1, 0)) + shift(col[2][:, :, 1:], (0, 1))
+
+  y_NBRWD = jax.lax.map(chunk, jnp.arange(0, h, rows))
+  return jnp.moveaxis(y_NBRWD, 0, 1).reshape(b, h, w, d)
+
+
+def _pads(padding):
+  return padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None):
+  """lax.conv_general_dilated for flax's channels-last Conv; a bf16 kernel takes bf16 operands with f32
+  accumulation (output f32), and a SAME 3x3 stride-1 one runs as `conv3x3_rows`."""
+  kw = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count, precision=precision)
+  if rhs.dtype != jnp.bfloat16:
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kw)
+  plain = all(d == 1 for d in (*window_strides, *(lhs_dilation or ()), *(rhs_dilation or ())))
+  if (lhs.ndim == 4 and rhs.shape[:2] == (3, 3) and plain and feature_group_count == 1
+          and _pads(padding) in ("SAME", ((1, 1), (1, 1)))):
+    return conv3x3_rows(lhs, rhs)
+  return jax.lax.conv_general_dilated(lhs.astype(jnp.bfloat16), rhs, window_strides, padding,
+                                      preferred_element_type=jnp.float32, **dict(kw, precision=None))
+
+
+class Conv(nn.Conv):
+  """nn.Conv (same parameters) whose kernel may be bf16 (`conv_general_dilated`): image decoders at inference
+  (`quant.for_decoding`)."""
+  promote_dtype: Any = quant.promote_dtype
+  conv_general_dilated: Any = conv_general_dilated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +115,8 @@ class ConvConfig:
 def conv(features: int, kernel: int = 3, stride: int = 1, padding=None, exact: bool = False, name=None):
   """A square conv with 'same'-style padding unless `padding` is given."""
   pad = ((kernel // 2, kernel // 2),) * 2 if padding is None else padding
-  return nn.Conv(features, (kernel, kernel), strides=stride, padding=pad, precision=HIGHEST if exact else None,
-                 name=name)
+  return Conv(features, (kernel, kernel), strides=stride, padding=pad, precision=HIGHEST if exact else None,
+              name=name)
 
 
 def group_norm(groups: int, channels: int, exact: bool = False, name=None):

@@ -148,6 +148,20 @@ def for_inference(params, compute_dtype, int8: bool):
   return quantize(params, dtype=dtype) if int8 else cast(params, dtype)
 
 
+def for_decoding(tokenizer_params, compute_dtype):
+  """The tokenizer params an image decode runs on: the conv kernels under a 'decoder' in compute_dtype (bf16:
+  arjax.nn.conv's row-chunked products), everything else as it is (codebooks, the quantiser's convs: the
+  tokens do not change). Idempotent."""
+  dtype = dtype_of(compute_dtype)
+
+  def one(path, leaf):
+    names = [getattr(k, "key", None) for k in path]
+    is_conv = names[-1:] == ["kernel"] and getattr(leaf, "ndim", 0) == 4 and "decoder" in names
+    return _cast_leaf(leaf, dtype) if is_conv else leaf
+
+  return jax.tree_util.tree_map_with_path(one, tokenizer_params)
+
+
 def weight_bytes(params) -> int:
   """Bytes the params occupy (an Int8 kernel counts its int8 values and its scales)."""
   leaves = jax.tree.leaves(params)

@@ -133,7 +133,7 @@ def sampler(extra: dict | None = None):
       cache_dtype = quant.cache_dtype_of(opts.pop("cache_dtype"), dtype)
       if tokenizer_params is not None:  # an argument, not a closed-over constant (compile time)
         self = copy.copy(self)
-        self.tokenizer_params = tokenizer_params
+        self.tokenizer_params = quant.for_decoding(tokenizer_params, dtype)
       with quant.compute(dtype, cache_dtype):
         return fn(self, quant.for_inference(params, dtype, int8), cond, rng, opts)
 

@@ -7,6 +7,7 @@ import pytest
 from flax import traverse_util
 
 from arjax.nn import conv as conv_lib
+from arjax.nn import quant
 from arjax.tokenizers.vae import VAETokenizer
 from arjax.tokenizers.vq import VQTokenizer
 
@@ -16,8 +17,10 @@ HIGHEST = jax.lax.Precision.HIGHEST
 class Reference:
   """The expected forward pass over a flat 'a/b/kernel' param dict; every read parameter is crossed off."""
 
-  def __init__(self, params, groups):
+  def __init__(self, params, groups, bf16_convs=False):
     self.p, self.groups = dict(traverse_util.flatten_dict(params, sep="/")), groups
+    # bf16 convs: operands rounded to bf16, products and sums exact (f32 HIGHEST)
+    self.operand = (lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)) if bf16_convs else (lambda a: a)
 
   def take(self, name, shape):
     w = self.p.pop(name)
@@ -27,8 +30,8 @@ class Reference:
   def conv(self, name, x, out, k=3, stride=1, pad=None):
     w = self.take(f"{name}/kernel", (k, k, x.shape[-1], out))
     pad = ((k // 2, k // 2),) * 2 if pad is None else pad
-    y = jax.lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     precision=HIGHEST)
+    y = jax.lax.conv_general_dilated(self.operand(x), self.operand(w), (stride, stride), pad,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=HIGHEST)
     return y + self.take(f"{name}/bias", (out,))
 
   def norm(self, name, x):
@@ -102,6 +105,41 @@ def test_stack_equals_explicit_reference(layout):
   np.testing.assert_allclose(dec.apply({"params": params}, z), ref.decoder(z, cfg, blocks_per_level, upsample_width),
                              atol=1e-4, rtol=1e-4)
   assert not ref.p, sorted(ref.p)
+
+
+@pytest.mark.parametrize("b,h,w,c,d,chunk", [(2, 12, 5, 3, 4, 40), (1, 7, 9, 6, 2, 20), (3, 8, 8, 4, 4, 10 ** 6)])
+def test_conv3x3_rows_equals_lax_conv(monkeypatch, b, h, w, c, d, chunk):
+  """Row-chunked bf16 products (several chunks: 12 rows in 3 chunks, a prime height in 7, one chunk) equal the
+  lax conv of the bf16-rounded operands, borders included."""
+  monkeypatch.setattr(conv_lib, "CHUNK_ROWS", chunk)
+  x = jax.random.normal(jax.random.PRNGKey(0), (b, h, w, c))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, c, d))
+  rounded = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)
+  want = jax.lax.conv_general_dilated(rounded(x), rounded(k), (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=HIGHEST)
+  got = conv_lib.conv3x3_rows(x, k)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bf16_decoder_equals_rounded_reference(monkeypatch, layout):
+  """`quant.for_decoding` params (bf16 conv kernels) run every decoder conv - 3x3 by row chunks, 1x1 - with bf16
+  operands and f32 accumulation: equal to the explicit reference with rounded conv operands, not to f32."""
+  monkeypatch.setattr(conv_lib, "CHUNK_ROWS", 48)
+  cfg, blocks_per_level, upsample_width = LAYOUTS[layout]
+  dec = conv_lib.Decoder(cfg)
+  z = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 5))
+  params = dec.init(jax.random.PRNGKey(3), z)["params"]
+  bf16 = quant.for_decoding({"decoder": params}, "bfloat16")["decoder"]
+  got = dec.apply({"params": bf16}, z)
+  assert got.dtype == jnp.float32
+  want = Reference(params, cfg.groups, bf16_convs=True).decoder(z, cfg, blocks_per_level, upsample_width)
+  f32 = Reference(params, cfg.groups).decoder(z, cfg, blocks_per_level, upsample_width)
+  # a 1e-6 difference upstream can flip one bf16 rounding (an ulp is 0.4%): bound the mean tightly, the max loosely
+  err, err_f32 = jnp.abs(got - want), jnp.abs(got - f32)
+  assert float(err.mean()) < 1e-5 and float(err.max()) < 1e-3, (float(err.mean()), float(err.max()))
+  assert float(err_f32.mean()) > 1e-3  # the bf16 path was taken: ~2e-6 from the rounded reference, ~3e-3 from f32
 
 
 def test_config_validation():

@@ -1,0 +1,90 @@
+"""The image decoders' 3x3 convolutions on this CPU: XLA's convolution (f32, bf16 -> f32) against arjax's
+row-chunked bf16 products (`arjax.nn.conv.conv3x3_rows`), side by side, then VAR-d16's whole VQ decode in f32
+and with `quant.for_decoding` (bf16 conv kernels, what the samplers run with compute_dtype='bfloat16').
+
+  JAX_PLATFORMS=cpu python scripts/bench_conv.py [--repeats 3] [--no-decode]
+
+Shapes: the decoder convs of VAR-d16's VQ-VAE at batch 2 (ch 160, ch_mult 1, 1, 2, 2, 4). Prints ms per call
+(best of --repeats), GFLOP/s, the ratio to the f32 convolution, the largest difference from the f32 result
+relative to its largest value, and the machine load.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from arjax.nn import conv as conv_lib  # noqa: E402
+from arjax.nn import quant  # noqa: E402
+
+# (batch, size, in channels, out channels)
+SHAPES = [(2, 256, 160, 160), (2, 128, 320, 160), (2, 128, 320, 320), (2, 64, 320, 320), (2, 32, 640, 320),
+          (2, 16, 640, 640)]
+
+
+def best_seconds(fn, args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - t)
+  return best
+
+
+def xla_conv(x, w, acc=None):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      preferred_element_type=acc)
+
+
+def conv_rows(repeats: int):
+  print("| conv (batch, size, C -> D) | XLA f32 | XLA bf16 -> f32 | conv3x3_rows (bf16 -> f32) | rows / f32 | "
+        "max err (rows) |\n|---|---|---|---|---|---|")
+  bf = lambda a: a.astype(jnp.bfloat16)
+  for b, s, c, d in SHAPES:
+    x = jax.random.normal(jax.random.PRNGKey(0), (b, s, s, c))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, c, d)) * (9 * c) ** -0.5
+    flops = 2 * 9 * c * d * b * s * s
+    f32, bf16, rows = (jax.jit(xla_conv), jax.jit(lambda x, w: xla_conv(x, w, jnp.float32)),
+                       jax.jit(conv_lib.conv3x3_rows))
+    t = [best_seconds(f32, (x, w), repeats), best_seconds(bf16, (bf(x), bf(w)), repeats),
+         best_seconds(rows, (x, bf(w)), repeats)]
+    ref = f32(x, w)
+    err = float(jnp.abs(rows(x, bf(w)) - ref).max() / jnp.abs(ref).max())
+    cells = " | ".join(f"{1e3 * s_:.0f} ms ({flops / s_ / 1e9:.0f} GF/s)" for s_ in t)
+    print(f"| {b}, {s}x{s}, {c} -> {d} | {cells} | {t[2] / t[0]:.2f} | {err:.1e} |", flush=True)
+
+
+def var_decode(repeats: int):
+  import bench_sampling
+  _, model, _ = bench_sampling.build(os.path.join(bench_sampling.ROOT, bench_sampling.CONFIGS["var"]))
+  tok, params = model.tokenizer, model.tokenizer_params
+  f_hat = jax.random.normal(jax.random.PRNGKey(0), (2, *tok.grid, tok.code_dim))
+  decode = jax.jit(tok.fhat_to_image)
+  bf16 = jax.jit(quant.for_decoding, static_argnums=1)(params, "bfloat16")
+  t32, t16 = best_seconds(decode, (params, f_hat), repeats), best_seconds(decode, (bf16, f_hat), repeats)
+  diff = jnp.abs(decode(bf16, f_hat) - decode(params, f_hat))
+  print(f"VAR-d16 VQ decode, batch 2 (random weights): f32 {t32:.2f} s, bf16 convs {t16:.2f} s ({t16 / t32:.2f}x); "
+        f"pixel difference (range [-1, 1]) mean {float(diff.mean()):.4f}, max {float(diff.max()):.4f}")
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--no-decode", action="store_true", help="skip the whole VAR-d16 decode")
+  a = p.parse_args()
+  print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}")
+  conv_rows(a.repeats)
+  if not a.no_decode:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    var_decode(a.repeats)
+  print(f"load at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+  main()
