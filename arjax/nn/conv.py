@@ -4,7 +4,8 @@ GroupNorm + SiLU pre-activation ResBlocks, optional single-head AttnBlocks at th
 the middle, stride-2 conv downsampling, nearest x2 + conv upsampling. Resolution changes once between
 consecutive `ch_mult` levels, so the spatial factor is 2 ** (len(ch_mult) - 1). `ConvConfig` picks the
 variant: its defaults are the LDM one (VAR, LlamaGen; the converters' parameter names), `ConvConfig.compact`
-the small attention-free one of the VQ / VAE tokenizers. Modules compute in the dtype of their inputs/params.
+the small attention-free one of the VQ / VAE tokenizers. Modules compute in the dtype of their inputs/params,
+except that a bf16 conv kernel (`quant.for_decoding`, inference) takes bf16 operands and accumulates into f32.
 """
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ def conv3x3_rows(x_BHWC, w_33CD):
 
   Per chunk of output rows, one [B * (rows + 2) * W, C] x [C, 9 * D] product gives every tap's contribution at
   every input pixel; the output sums the 9 taps' shifted [rows, W] windows. On XLA:CPU a bf16 -> f32 product
-  of a few thousand rows and a few hundred columns runs at ~650 GFLOP/s on AMX, a convolution at ~150
-  (bf16 or f32), and a product of the whole image at a third of the chunked speed
-  (scripts/bench_conv.py)."""
+  of a few thousand rows and a few hundred columns runs at ~650 GFLOP/s on AMX, a convolution at ~150 (bf16 or
+  f32), and a product over a whole 256 x 256 image at 40-70% of the chunked speed (scripts/bench_conv.py,
+  docs/inference_speed.md)."""
   b, h, w, c = x_BHWC.shape
   d = w_33CD.shape[-1]
   rows = _chunk_rows(b, h, w)

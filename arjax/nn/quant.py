@@ -13,6 +13,9 @@ Both are chosen by the *params*, not by flags threaded through modules: `layers.
     schemes keep their LM head: on VAR-d16 (random weights) the greedy tokens agree with f32 on 98.2% with an int8
     head and on 99.4% (the bf16 figure) with a bf16 one.
 
+`arjax.nn.conv.Conv` reads its kernel the same way (bf16 only): the samplers give image decoders
+`for_decoding(tokenizer_params, compute_dtype)`, whose bf16 3x3 convolutions run as row-chunked bf16 products.
+
 `Int8.scale` has the kernel's rank with size-1 axes except the last (the output channels of every Dense and of
 the attention projections' head_dim axis), so the scale factors out of any contraction over the leading axes.
 Rounding to nearest bounds the error of each output: |y_n - y8_n| <= (sum_k |x_k|) amax(w_:n) / 254
