@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_sampling  # noqa: E402
 from arjax.nn import conv as conv_lib  # noqa: E402
 from arjax.nn import quant  # noqa: E402
 
@@ -28,13 +28,7 @@ SHAPES = [(2, 256, 160, 160), (2, 128, 320, 160), (2, 128, 320, 320), (2, 64, 32
 
 
 def best_seconds(fn, args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - t)
-  return best
+  return bench_sampling.time_call(lambda: fn(*args), repeats)[1]
 
 
 def xla_conv(x, w, acc=None):
@@ -61,7 +55,6 @@ def conv_rows(repeats: int):
 
 
 def var_decode(repeats: int):
-  import bench_sampling
   _, model, _ = bench_sampling.build(os.path.join(bench_sampling.ROOT, bench_sampling.CONFIGS["var"]))
   tok, params = model.tokenizer, model.tokenizer_params
   f_hat = jax.random.normal(jax.random.PRNGKey(0), (2, *tok.grid, tok.code_dim))
@@ -81,7 +74,6 @@ def main():
   print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}")
   conv_rows(a.repeats)
   if not a.no_decode:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     var_decode(a.repeats)
   print(f"load at the end {os.getloadavg()[0]:.2f}")
 
