@@ -60,14 +60,15 @@ def _pads(padding):
 def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None):
   """lax.conv_general_dilated for flax's channels-last Conv; a bf16 kernel takes bf16 operands with f32
-  accumulation (output f32), and a SAME 3x3 stride-1 one runs as `conv3x3_rows`."""
+  accumulation (output f32), and on CPU a SAME 3x3 stride-1 one runs as `conv3x3_rows` (GPU / TPU convs are
+  native)."""
   kw = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
             feature_group_count=feature_group_count, precision=precision)
   if rhs.dtype != jnp.bfloat16:
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kw)
   plain = all(d == 1 for d in (*window_strides, *(lhs_dilation or ()), *(rhs_dilation or ())))
-  if (lhs.ndim == 4 and rhs.shape[:2] == (3, 3) and plain and feature_group_count == 1
-          and _pads(padding) in ("SAME", ((1, 1), (1, 1)))):
+  if (jax.default_backend() == "cpu" and lhs.ndim == 4 and rhs.shape[:2] == (3, 3) and plain
+          and feature_group_count == 1 and _pads(padding) in ("SAME", ((1, 1), (1, 1)))):
     return conv3x3_rows(lhs, rhs)
   return jax.lax.conv_general_dilated(lhs.astype(jnp.bfloat16), rhs, window_strides, padding,
                                       preferred_element_type=jnp.float32, **dict(kw, precision=None))

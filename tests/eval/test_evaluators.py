@@ -138,7 +138,7 @@ def test_fid_pr_is_equal_direct_computation(random_net, bank, data_cfg, tmp_path
   fake = net.fn(jnp.asarray(np.concatenate(model.outputs)[:n]))
   real = net.fn(jnp.asarray(bank["image"][:n]))
   fid = metrics.frechet_distance(*metrics.feature_stats(fake["pool"]), *metrics.feature_stats(real["pool"]))
-  assert got["fid"] == pytest.approx(fid, rel=1e-9)
+  assert got["fid"] == pytest.approx(fid, rel=1e-6)  # batches of 16 vs one batch: GPU sums differ by ~1e-8
   assert (got["precision"], got["recall"]) == metrics.precision_recall(real["pool"], fake["pool"], k=3)
   assert (got["is"], got["is_std"]) == pytest.approx(metrics.inception_score(fake["logits"], 5), rel=1e-9)
   assert got["fid"] < 0.2 * got_noise["fid"] and got["precision"] > got_noise["precision"] + 0.3, (got, got_noise)

@@ -1,10 +1,15 @@
 """decode_attention (interpret mode) vs. attention over the original sequence and the reference."""
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels_pallas.decode_attention import decode_attention
+from kernels_pallas import decode_attention as _decode
 from kernels_pallas.reference import cache_positions, decode_attention_reference, masked_attention
+
+# interpret mode on every backend (the default picks it on CPU only; on GPU the kernel refuses to run)
+decode_attention = functools.partial(_decode, interpret=True)
 
 
 def _write_cache(k_BND, lengths, size, window, sink):
