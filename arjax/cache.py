@@ -98,6 +98,22 @@ def advance(cache: KVCache, new_k, new_v, n: int) -> KVCache:
   return cache.replace(k=tuple(new_k), v=tuple(new_v), pos_BS=written_pos(cache, n), end_B=cache.end_B + n)
 
 
+def resize(cache: KVCache, size: int) -> KVCache:
+  """A contiguous cache with `size` slots: cut (the caller promises slots >= size are empty) or padded with
+  empty slots. Attention reads every slot it is given, so a decoder that knows how far its rows can reach runs
+  over a cut cache (`loop.run`, `Steps.fed_at_start`). A ring is returned as it is."""
+  if cache.window is not None or size == cache.size:
+    return cache
+  if size < cache.size:
+    cut = lambda a, axis: jax.lax.slice_in_dim(a, 0, size, axis=axis)
+    return cache.replace(k=tuple(cut(a, 2) for a in cache.k), v=tuple(cut(a, 2) for a in cache.v),
+                         pos_BS=cut(cache.pos_BS, 1))
+  pad = lambda a, axis, value: jnp.pad(a, [(0, size - cache.size if i == axis else 0) for i in range(a.ndim)],
+                                       constant_values=value)
+  return cache.replace(k=tuple(pad(a, 2, 0) for a in cache.k), v=tuple(pad(a, 2, 0) for a in cache.v),
+                       pos_BS=pad(cache.pos_BS, 1, -1))
+
+
 def truncate(cache: KVCache, end_B) -> KVCache:
   """Per-row rollback: end = min(end, end_B); slots holding indices >= the new end become empty."""
   end_B = jnp.minimum(cache.end_B, jnp.asarray(end_B, jnp.int32))

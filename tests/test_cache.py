@@ -164,3 +164,18 @@ def test_transformer_config_validates():
       TransformerConfig.make({**dict(depth=1, heads=4), **bad}, width=32)
   cache = Transformer(tcfg).init_cache(2, 7)  # callable on an unbound module
   assert cache.k[0].shape == (2, 2, 7, 8) and len(cache.k) == 2  # [B, G, S, D]
+
+
+def test_resize_cuts_and_pads_contiguous_caches_only():
+  """resize to fewer slots keeps the first ones; back to more pads empty slots (zeros, pos -1); a ring is kept."""
+  cache = cache_lib.init(2, 3, 8, 2, 4)
+  k = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 2, 4))
+  new_k, new_v = zip(*[cache_lib.write(cache, cache.k[i], cache.v[i], k, 2 * k) for i in range(2)])
+  cache = cache_lib.advance(cache, new_k, new_v, 5)
+  cut = cache_lib.resize(cache, 5)
+  assert cut.size == 5 and cut.k[1].shape == (3, 2, 5, 4)
+  np.testing.assert_array_equal(cut.v[0], cache.v[0][:, :, :5])
+  back = cache_lib.resize(cut, 8)
+  jax.tree.map(np.testing.assert_array_equal, back, cache)  # the cut slots were empty: nothing lost
+  ring = cache_lib.init(1, 1, 64, 1, 4, window=4, sink=1)
+  assert cache_lib.resize(ring, 2) is ring

@@ -162,7 +162,8 @@ class JpegLM(base.Paradigm):
     state = loop.init_state(out=jnp.full((b, self.length), PAD, jnp.int32), feed=feed,
                             cache=self.tcfg.init_cache(rows, self.length), batch=b, rng=rng)
     constrained = opts.pop("constrained")
-    steps = loop.Steps(lambda *a: self._forward(*a, constrained), lambda *a: self._draw(*a, opts), self._commit)
+    steps = loop.Steps(lambda *a: self._forward(*a, constrained), lambda *a: self._draw(*a, opts), self._commit,
+                       fed_at_start=True)  # byte k's feed at slot k
     return loop.run(steps, params, [1] * self.length, state, guide).out
 
   def _prompts(self, prompts, b):

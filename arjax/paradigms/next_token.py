@@ -130,7 +130,8 @@ class NextToken(base.Paradigm):
     state = loop.init_state(out=jnp.zeros((b, self.num_tokens), jnp.int32), feed=(cond, jnp.zeros((rows,), jnp.int32)),
                             cache=self.tcfg.init_cache(rows, self.num_tokens), batch=b, rng=rng)
     draw = lambda params, feat, scale, unit, rng: logits_lib.draw(rng, feat[:, 0], scale, **opts)
-    return loop.run(loop.Steps(self._forward, draw, self._commit), params, self.layout.sizes, state, guide).out
+    steps = loop.Steps(self._forward, draw, self._commit, fed_at_start=True)  # token k's feed at slot k
+    return loop.run(steps, params, self.layout.sizes, state, guide).out
 
   def window_net(self, cond) -> speculative.Net:
     """This net as speculative decoding sees it: a forward over L inputs at per-row indices start_R + [0, L)

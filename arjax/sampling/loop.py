@@ -8,7 +8,11 @@ Every iteration does forward -> guide -> head sample -> commit:
   out, feed, done_B = steps.commit(state, x, unit)    # write the unit into the output, build the next feed
 Rows whose `done_B` is set keep their output (per-row stop, e.g. at EOS). Consecutive units of equal size run
 in one `lax.while_loop` (the unit index is traced there) that also stops once every row is done; a unit whose
-size differs from its neighbours' (a VAR scale) is its own, unrolled step.
+size differs from its neighbours' (a VAR scale) is its own, unrolled step. With `Steps.fed_at_start` (each unit
+writes its feed at cache slots [start, start + size), as next-token decoding does) and caches of at least
+CHUNK_MIN_SLOTS slots, such a run is split into CHUNKS loops, each over the contiguous KV caches cut to the slots
+its units can reach, so attention reads 5/8 of the slots on average instead of all of them (LlamaGen-B:
+docs/inference_speed.md).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from arjax import cache as cache_lib
 from arjax.nn import quant
 from arjax.sampling import guidance as guidance_lib
 
@@ -28,6 +33,8 @@ from arjax.sampling import guidance as guidance_lib
 # KV caches are held in `cache_dtype` ('auto': f32 on CPU, else the compute dtype); logits, softmax and sampling
 # stay f32.
 PRECISION = dict(compute_dtype="bfloat16", int8=False, cache_dtype="auto")
+CHUNKS = 4  # loops per run of equal units with fed_at_start (each traced and compiled on its own) ...
+CHUNK_MIN_SLOTS = 256  # ... once a cache holds this many slots (shorter: attention is cheap, compile time is not)
 
 
 @flax.struct.dataclass
@@ -54,6 +61,7 @@ class Steps(NamedTuple):
   forward: Callable  # (params, state, unit) -> (feat, cache)
   sample: Callable   # (params, feat, scale, unit, rng) -> x
   commit: Callable   # (state, x, unit) -> (out, feed, done_B)
+  fed_at_start: bool = False  # unit k's forward writes cache slots [start, start + size) and no later ones
 
 
 def runs(sizes):
@@ -86,12 +94,29 @@ def step(steps: Steps, params, guidance: guidance_lib.Guidance, state: State, un
   return State(out=out, feed=feed, cache=cache, done_B=state.done_B | done_B, rng=rng)
 
 
+def _resize_caches(cache, sizes):
+  """The KVCaches of the pytree `cache`, in tree order, cut or padded to `sizes` slots (cache_lib.resize)."""
+  is_kv = lambda x: isinstance(x, cache_lib.KVCache)
+  sizes = iter(sizes)
+  return jax.tree.map(lambda c: cache_lib.resize(c, next(sizes)) if is_kv(c) else c, cache, is_leaf=is_kv)
+
+
+def chunks(first: int, count: int, parts: int) -> list[tuple[int, int]]:
+  """[first, first + count) split into `parts` (at most `count`) consecutive (begin, end) ranges."""
+  parts = max(1, min(parts, count))
+  bounds = [first + count * j // parts for j in range(parts + 1)]
+  return list(zip(bounds[:-1], bounds[1:]))
+
+
 def run(steps: Steps, params, sizes, state: State, guidance: guidance_lib.Guidance) -> State:
   """Generates every unit of `sizes` (tokens per unit, in order)."""
   starts = [0]
-  for s in sizes[:-1]:
+  for s in sizes:
     starts.append(starts[-1] + int(s))
   denom = max(len(sizes) - 1, 1)
+  full = jax.tree.leaves(state.cache, is_leaf=lambda x: isinstance(x, cache_lib.KVCache))
+  full = [c.size for c in full if isinstance(c, cache_lib.KVCache)]  # the sizes to restore, in tree order
+  cut = steps.fed_at_start and bool(full) and max(full) >= CHUNK_MIN_SLOTS
   for first, count, size in runs(sizes):
     if count == 1:
       state = step(steps, params, guidance, state, Unit(first, starts[first], size, first / denom))
@@ -102,11 +127,13 @@ def run(steps: Steps, params, sizes, state: State, guidance: guidance_lib.Guidan
       unit = Unit(k, starts[first] + (k - first) * size, size, k.astype(jnp.float32) / denom)
       return k + 1, step(steps, params, guidance, s, unit)
 
-    def cond(carry, end=first + count):
-      k, s = carry
-      return (k < end) & ~jnp.all(s.done_B)
-
-    state = jax.lax.while_loop(cond, body, (jnp.asarray(first, jnp.int32), state))[1]
+    for begin, end in chunks(first, count, CHUNKS if cut else 1):
+      if cut:  # units before `end` wrote slots [0, starts[end]) at most
+        state = state.replace(cache=_resize_caches(state.cache, [min(n, starts[end]) for n in full]))
+      cond = lambda carry, end=end: (carry[0] < end) & ~jnp.all(carry[1].done_B)
+      state = jax.lax.while_loop(cond, body, (jnp.asarray(begin, jnp.int32), state))[1]
+    if cut:  # every cache back to its own size
+      state = state.replace(cache=_resize_caches(state.cache, full))
   return state
 
 

@@ -41,9 +41,12 @@ def sample_tokens(model, params, cond, rng, **opts):
   return jax.jit(lambda p, c: model.sample_tokens(p, c, rng, loop.options(opts)))(params, cond)
 
 
-@pytest.mark.parametrize("pos,cfg_scale,cond", [("rope2d", 1.0, "class"), ("rope2d", 3.0, "class"),
-                                                ("learned", 1.0, "class"), ("rope1d", 2.0, "caption")])
-def test_cached_sampler_equals_full_recompute(pos, cfg_scale, cond):
+@pytest.mark.parametrize("pos,cfg_scale,cond,chunked", [("rope2d", 1.0, "class", False), ("rope2d", 3.0, "class", True),
+                                                        ("learned", 1.0, "class", True),
+                                                        ("rope1d", 2.0, "caption", True)])
+def test_cached_sampler_equals_full_recompute(monkeypatch, pos, cfg_scale, cond, chunked):
+  """chunked: the decode loop runs in loop.CHUNKS loops over caches cut to the slots written so far."""
+  monkeypatch.setattr(loop, "CHUNK_MIN_SLOTS", 0 if chunked else 10 ** 9)
   model, params = make(pos, cond)
   if cond == "class":
     c = {"label": jnp.array([0, 2, 1])}

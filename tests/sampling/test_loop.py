@@ -1,9 +1,11 @@
-"""The sampler skeleton: units in order with the right starts/progress, while_loop == unrolled, per-row done."""
+"""The sampler skeleton: units in order with the right starts/progress, while_loop == unrolled, per-row done,
+chunked runs over cut KV caches."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from arjax import cache as cache_lib
 from arjax.sampling import guidance, loop
 
 
@@ -73,3 +75,40 @@ def test_guidance_scale_reaches_the_head_and_options_are_checked():
   with pytest.raises(ValueError, match="unknown sampling option"):
     loop.options(dict(topk=3))
   assert loop.options(dict(top_k=3), dict(steps=None)) == dict(guidance.DEFAULTS, **loop.PRECISION, top_k=3, steps=None)
+
+
+def test_fed_at_start_runs_chunks_over_cut_caches_and_restores_them(monkeypatch):
+  """A run of equal units with fed_at_start: CHUNKS loops, each seeing the KV cache cut to the slots its units can
+  reach (starts[end]); a unit of another size, and the result, get the cache at its full size again. A ring is
+  never cut. The feed writes token k at slot k, so the cache's pos_BS comes back as for one uncut loop."""
+  monkeypatch.setattr(loop, "CHUNK_MIN_SLOTS", 13)  # the contiguous cache's 13 slots: chunked
+  sizes = (1,) * 10 + (3,)
+  seen = []
+
+  def forward(params, state, unit):
+    kv, ring = state.cache
+    seen.append((int(unit.size), kv.size, ring.size))  # static: recorded once per traced loop body / step
+    idx_BL = cache_lib.query_indices(kv, unit.size)
+    kv = cache_lib.advance(kv, kv.k, kv.v, unit.size)
+    return (idx_BL[:, 0] == unit.start).astype(jnp.float32), (kv, cache_lib.advance(ring, ring.k, ring.v, unit.size))
+
+  def sample(params, feat, scale, unit, rng):
+    return jnp.broadcast_to(feat[:, None], (feat.shape[0], unit.size))
+
+  def commit(state, x, unit):
+    return jax.lax.dynamic_update_slice_in_dim(state.out, x, unit.start, axis=1), state.feed, state.done_B
+
+  kv = cache_lib.init(1, 2, 13, 1, 4)
+  ring = cache_lib.init(1, 2, 64, 1, 4, window=4, sink=1)
+  state = loop.init_state(jnp.zeros((2, 13)), None, (kv, ring), 2, jax.random.PRNGKey(0))
+  out = loop.run(loop.Steps(forward, sample, commit, fed_at_start=True), None, sizes, state, guidance.Guidance(1.0))
+  assert loop.chunks(0, 10, loop.CHUNKS) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+  assert seen == [(1, 2, 5), (1, 5, 5), (1, 7, 5), (1, 10, 5), (3, 13, 5)]
+  np.testing.assert_array_equal(out.out, 1.0)  # every unit saw end_B == its start
+  kv_out, ring_out = out.cache
+  assert kv_out.size == 13 and ring_out.size == 5
+  np.testing.assert_array_equal(kv_out.pos_BS, np.broadcast_to(np.arange(13), (2, 13)))
+  monkeypatch.setattr(loop, "CHUNK_MIN_SLOTS", 14)  # one slot more than the cache has: one uncut loop
+  seen.clear()
+  loop.run(loop.Steps(forward, sample, commit, fed_at_start=True), None, sizes, state, guidance.Guidance(1.0))
+  assert seen == [(1, 13, 5), (3, 13, 5)]
