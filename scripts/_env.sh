@@ -15,3 +15,5 @@ if ! python -m pip install -q --disable-pip-version-check -e ".${ARJAX_EXTRAS:-}
 fi
 rm -f "$pip_log"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+# shellcheck disable=SC1091
+source scripts/_tcmalloc.sh

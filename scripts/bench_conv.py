@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_sampling  # noqa: E402
+from arjax import host  # noqa: E402
 from arjax.nn import conv as conv_lib  # noqa: E402
 from arjax.nn import quant  # noqa: E402
 
@@ -71,7 +72,7 @@ def main():
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--no-decode", action="store_true", help="skip the whole VAR-d16 decode")
   a = p.parse_args()
-  print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}")
+  print(host.describe())
   conv_rows(a.repeats)
   if not a.no_decode:
     var_decode(a.repeats)

@@ -27,6 +27,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from arjax import host
+
 DOT = (((1,), (0,)), ((), ()))
 CONV_DN = ("NHWC", "HWIO", "NHWC")
 FLAG_SETS = {"default": "", "no library fusion": "--xla_cpu_experimental_ynn_fusion_type=",
@@ -103,7 +105,7 @@ def flag_cells() -> dict:
 
 def flags_table():
   """One row per FLAG_SETS entry, each measured in a fresh process with XLA_FLAGS set."""
-  print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}; GFLOP/s")
+  print(f"{host.describe()}; GFLOP/s")
   header = False
   for name, flags in FLAG_SETS.items():
     env = dict(os.environ, XLA_FLAGS=flags)
@@ -132,7 +134,7 @@ def main():
 
 
 def products():
-  print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}")
+  print(host.describe())
   print("| product | " + " | ".join(dot_variants()) + " |")
   print("|---" * (len(dot_variants()) + 1) + "|")
   for name, (m, k, n) in {"VAR proj [2720,1024]x[1024,1024]": (2720, 1024, 1024),

@@ -34,6 +34,7 @@ import numpy as np
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 from arjax import config as config_lib  # noqa: E402
+from arjax import host  # noqa: E402
 from arjax import registry  # noqa: E402
 from arjax.nn import quant  # noqa: E402
 from arjax.paradigms import next_scale  # noqa: E402
@@ -42,10 +43,6 @@ from arjax.sampling import loop  # noqa: E402
 CONFIGS = {"var": "configs/imagenet256/var_d16.py", "llamagen": "configs/imagenet256/llamagen_b.py"}
 MODES = {"f32": dict(compute_dtype="float32"), "bf16": dict(compute_dtype="bfloat16"),
          "int8": dict(compute_dtype="bfloat16", int8=True)}
-
-
-def load() -> float:
-  return os.getloadavg()[0]
 
 
 def build(config_path: str):
@@ -92,7 +89,7 @@ def arjax_rows(name: str, batch: int, repeats: int, modes=tuple(MODES)):
       run = lambda fn=fn: fn(ready, cond, jax.random.PRNGKey(0), **dict(opts, **prec))
       first, best = time_call(run, repeats)
       rows.append(dict(model=name, impl="arjax", mode=mode, what=what, seconds=best, compile=first - best,
-                       tokens=batch * model.num_tokens, load=load()))
+                       tokens=batch * model.num_tokens, load=host.load()))
       print(json.dumps(rows[-1]), flush=True)
     greedy[mode] = np.asarray(tokens_fn(ready, cond, jax.random.PRNGKey(0), **dict(opts, **prec, temperature=0.0)))
   agree = {m: float((greedy[m] == greedy["f32"]).mean()) for m in greedy if m != "f32" and "f32" in greedy}
@@ -127,7 +124,7 @@ def official_var(path: str, batch: int, repeats: int, opts: dict, tokens_per_ima
                                            top_k=opts["top_k"], top_p=opts["top_p"])
     first, best = time_call(lambda: (run(), jnp.zeros(()))[1], repeats)
     rows.append(dict(model="var", impl="official", mode=mode, what="image", seconds=best, compile=first - best,
-                     tokens=batch * tokens_per_image, load=load()))
+                     tokens=batch * tokens_per_image, load=host.load()))
     print(json.dumps(rows[-1]), flush=True)
   return rows
 
@@ -149,7 +146,7 @@ def official_llamagen(path: str, batch: int, repeats: int, opts: dict):
                            top_k=opts["top_k"], top_p=opts["top_p"], sample_logits=True)
     first, best = time_call(lambda: (run(), jnp.zeros(()))[1], repeats)
     rows.append(dict(model="llamagen", impl="official", mode=mode, what="tokens", seconds=best,
-                     compile=first - best, tokens=batch * 256, load=load()))
+                     compile=first - best, tokens=batch * 256, load=host.load()))
     print(json.dumps(rows[-1]), flush=True)
   return rows
 
@@ -197,7 +194,7 @@ def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32, cache_d
       out[length] = 1e3 * best / steps
     print(f"per-token decode (LlamaGen-B transformer, bf16 weights, {dtype} cache, batch {batch} with CFG): " +
           ", ".join(f"{n} tokens {ms:.1f} ms" for n, ms in out.items()) +
-          f"; {max(lengths)} / {min(lengths)} = {out[max(lengths)] / out[min(lengths)]:.2f}x; load {load():.2f}",
+          f"; {max(lengths)} / {min(lengths)} = {out[max(lengths)] / out[min(lengths)]:.2f}x; load {host.load():.2f}",
           flush=True)
 
 
@@ -250,15 +247,18 @@ def main():
   p.add_argument("--readme", action="store_true", help="write the table into README.md between its bench markers")
   p.add_argument("--decode-scaling", action="store_true", help="per-token decode cost at 64 / 256 / 1024 tokens")
   p.add_argument("--compare", default="", help="git revision to time side by side (e.g. the commit before a change)")
+  p.add_argument("--allocator", default="", choices=["", "glibc", "tcmalloc", "jemalloc"],
+                 help="run with this memory allocator, both sides (re-executes the process; default: as started)")
   a = p.parse_args()
+  if a.allocator:
+    host.run_with(a.allocator)
   if a.compare:
     now, then = compare(a.compare, a.batch, a.repeats)
     print(f"VAR-d16 sampling, batch {a.batch}, best of {a.repeats} x 2 processes each: this checkout {now:.2f} s, "
-          f"{a.compare} {then:.2f} s; ratio now / then = {now / then:.2f}; load {load():.2f}")
+          f"{a.compare} {then:.2f} s; ratio now / then = {now / then:.2f}; load {host.load():.2f}")
     return
-  start_load = load()
-  print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, batch {a.batch}, load before the run "
-        f"{start_load:.2f}", flush=True)
+  start_load = host.load()
+  print(f"{host.describe()} (before the run), batch {a.batch}", flush=True)
   if a.decode_scaling:
     decode_scaling(a.batch)
     return
@@ -281,7 +281,7 @@ def main():
   print(text)
   if a.readme:
     write_readme(text, f"`JAX_PLATFORMS=cpu python scripts/bench_sampling.py {' '.join(sys.argv[1:])}` "
-                       f"({os.cpu_count()} cpus, batch {a.batch})")
+                       f"({os.cpu_count()} cpus, allocator: {host.allocator()}, batch {a.batch})")
 
 
 def write_readme(text: str, how: str, path: str = os.path.join(ROOT, "README.md")):

@@ -17,6 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from arjax import host
 from arjax.nn.attention import xla_attention
 
 # name: (batch, queries, query heads, kv heads, keys, head dim, with backward)
@@ -55,7 +56,7 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--repeats", type=int, default=10)
   a = p.parse_args()
-  print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}")
+  print(host.describe())
   print("| shape | old 5-D form | xla_attention | new / old |\n|---|---|---|---|")
   for name, (b, lq, h, g, lk, d, grad) in SHAPES.items():
     keys = jax.random.split(jax.random.PRNGKey(0), 3)

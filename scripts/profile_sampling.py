@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_sampling  # noqa: E402
+from arjax import host  # noqa: E402
 from arjax.nn import quant  # noqa: E402
 from arjax.paradigms import next_scale  # noqa: E402
 
@@ -106,7 +107,7 @@ def main():
   total, count = op_kinds(a.trace_dir, op_names(hlo_dir, a.trace_dir) if a.by == "module" else None)
   print(f"{os.path.basename(a.config)} tokens, {a.compute_dtype}{' int8' if a.int8 else ''}, batch {a.batch}: "
         f"{seconds:.2f} s per call (first {first:.1f} s); op time {sum(total.values()) / 1e6:.2f} s; "
-        f"load {bench_sampling.load():.2f}")
+        f"{host.describe()}")
   for kind, us in total.most_common(a.top):
     print(f"{us / 1e3:9.1f} ms  x{count[kind]:5d}  {kind}")
 

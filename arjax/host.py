@@ -1,0 +1,67 @@
+"""Facts about the host process that decide CPU speed: which memory allocator it runs with, and the load.
+
+XLA:CPU allocates every call's output and temporary buffers afresh. glibc's malloc serves buffers above 32 MiB
+with a fresh mmap and unmaps them on free, so each call page-faults its big buffers in again, one 4 KiB page at a
+time (~2 GB/s on the CI machine: a 64 MiB elementwise op takes 27 ms instead of 4 ms). tcmalloc keeps freed memory
+mapped. `scripts/_env.sh` preloads it where the system has it (Debian: libtcmalloc-minimal4);
+docs/inference_speed.md has the figures.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ALLOCATORS = {"libtcmalloc": "tcmalloc", "libjemalloc": "jemalloc"}
+LIBRARIES = {"tcmalloc": "libtcmalloc_minimal.so.4", "jemalloc": "libjemalloc.so.2"}  # sonames, as ldconfig lists them
+
+
+def allocator(maps: str | None = None) -> str:
+  """'tcmalloc', 'jemalloc' or 'glibc malloc': the allocator mapped into this process (`maps`: the text of
+  /proc/self/maps; read when None)."""
+  if maps is None:
+    try:
+      with open("/proc/self/maps") as f:
+        maps = f.read()
+    except OSError:
+      return "unknown (no /proc/self/maps)"
+  libs = {os.path.basename(line.split()[-1]) for line in maps.splitlines() if "/" in line}
+  for prefix, name in ALLOCATORS.items():
+    if any(lib.startswith(prefix) for lib in libs):
+      return name
+  return "glibc malloc"
+
+
+def library(name: str) -> str:
+  """The path of allocator `name`'s shared library (from `ldconfig -p`); raises naming the Debian package if absent."""
+  if name not in LIBRARIES:
+    raise ValueError(f"allocator must be one of {sorted(LIBRARIES)} or 'glibc', got {name!r}")
+  out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+  paths = [line.split()[-1] for line in out.splitlines() if line.split()[:1] == [LIBRARIES[name]]]
+  if not paths:
+    package = {"tcmalloc": "libtcmalloc-minimal4", "jemalloc": "libjemalloc2"}[name]
+    raise FileNotFoundError(f"{LIBRARIES[name]} is not installed (Debian: apt-get install {package})")
+  return paths[0]
+
+
+def run_with(name: str):
+  """Re-executes this Python process with allocator `name` ('tcmalloc', 'jemalloc' or 'glibc') unless it already
+  runs with it. Returns only when it does."""
+  if allocator() == (name if name != "glibc" else "glibc malloc"):
+    return
+  env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+  if name != "glibc":
+    env["LD_PRELOAD"] = library(name)
+  sys.stdout.flush()
+  os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def load() -> float:
+  """The 1-minute load average."""
+  return os.getloadavg()[0]
+
+
+def describe() -> str:
+  """One line for benchmark headers: device, cpus, allocator, load."""
+  import jax
+  return f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, allocator: {allocator()}, load {load():.2f}"
