@@ -26,5 +26,6 @@ def get_config(arg=None):
                  transformer=dict(depth=16, heads=16, mlp_ratio=4.0, drop_path=0.1 * 16 / 24, impl="auto"))
   c.optim.update(lr=8e-5 * 768 / 256, warmup_steps=2000, weight_decay=0.05, b1=0.9, b2=0.95, clip=2.0)
   c.train.update(steps=350_000, compute_dtype="bfloat16")
-  c.sample.update(temperature=1.0, top_k=900, top_p=0.96, cfg_scale=2.5, cfg_schedule="linear")
+  c.sample.update(temperature=1.0, top_k=900, top_p=0.96, cfg_scale=2.5, cfg_schedule="linear",
+                  cache_dtype="compute")  # scales attend hundreds of query rows: a bf16 cache is faster on CPU too
   return c

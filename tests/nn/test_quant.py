@@ -82,12 +82,14 @@ def test_errors_name_the_problem():
 
 
 def test_cache_dtype_option_reaches_the_sampler_cache():
-  """`cache_dtype`: 'auto' is f32 on CPU (no fast bf16 matrix-vector product there), else the compute dtype; an
-  explicit dtype wins; the sampler's loop allocates its KV cache in it, whatever the compute dtype."""
+  """`cache_dtype`: 'auto' is f32 on CPU (no fast bf16 matrix-vector product there), else the compute dtype;
+  'compute' is the compute dtype everywhere; an explicit dtype wins; the sampler's loop allocates its KV cache in it, whatever the compute dtype."""
   from arjax.sampling import loop
   auto = quant.cache_dtype_of("auto", jnp.bfloat16)
   assert auto == (jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
   assert quant.cache_dtype_of("bfloat16", jnp.float32) == jnp.bfloat16
+  assert quant.cache_dtype_of("compute", jnp.bfloat16) == jnp.bfloat16  # on CPU too
+  assert quant.cache_dtype_of("compute", jnp.float32) == jnp.float32
   with pytest.raises(ValueError, match="cache_dtype"):
     quant.cache_dtype_of("int4", jnp.bfloat16)
   for name in ("float32", "bfloat16"):
