@@ -2,13 +2,16 @@
 # them, and every call page-faults them in again: arjax/host.py, docs/inference_speed.md). Preloaded where the
 # system has it; ARJAX_TCMALLOC=0 turns it off, ARJAX_TCMALLOC=install also installs it (Debian's
 # libtcmalloc-minimal4, as root: scripts/demo.sh). A caller's own LD_PRELOAD is kept. Nothing fails without it.
-if [ "${ARJAX_TCMALLOC:-1}" = install ] && ! ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal.so.4; then
+tcmalloc_path() {  # reads all of ldconfig's output (no early exit: no SIGPIPE under pipefail)
+  ldconfig -p 2>/dev/null | awk '$1 == "libtcmalloc_minimal.so.4" && !found {print $NF; found = 1}'
+}
+if [ "${ARJAX_TCMALLOC:-1}" = install ] && [ -z "$(tcmalloc_path)" ]; then
   pkg=libtcmalloc-minimal4
   { apt-get install -y -q $pkg || { apt-get update -q && apt-get install -y -q $pkg; }; } >/dev/null 2>&1 \
-    || echo "note: could not install libtcmalloc-minimal4; running with glibc malloc" >&2
+    || echo "note: could not install $pkg; running with glibc malloc" >&2
 fi
 if [ "${ARJAX_TCMALLOC:-1}" != 0 ] && [ -z "${LD_PRELOAD:-}" ]; then
-  tcmalloc=$(ldconfig -p 2>/dev/null | awk '$1 == "libtcmalloc_minimal.so.4" {print $NF; exit}')
+  tcmalloc=$(tcmalloc_path)
   if [ -n "$tcmalloc" ]; then
     export LD_PRELOAD="$tcmalloc"
     # no "large alloc" report on stderr for buffers below 64 GiB

@@ -83,7 +83,8 @@ def test_errors_name_the_problem():
 
 def test_cache_dtype_option_reaches_the_sampler_cache():
   """`cache_dtype`: 'auto' is f32 on CPU (no fast bf16 matrix-vector product there), else the compute dtype;
-  'compute' is the compute dtype everywhere; an explicit dtype wins; the sampler's loop allocates its KV cache in it, whatever the compute dtype."""
+  'compute' is the compute dtype everywhere; an explicit dtype wins; the sampler's loop allocates its KV cache in
+  it, whatever the compute dtype."""
   from arjax.sampling import loop
   auto = quant.cache_dtype_of("auto", jnp.bfloat16)
   assert auto == (jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
