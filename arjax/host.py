@@ -9,6 +9,7 @@ docs/inference_speed.md has the figures.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -36,7 +37,10 @@ def library(name: str) -> str:
   """The path of allocator `name`'s shared library (from `ldconfig -p`); raises naming the Debian package if absent."""
   if name not in LIBRARIES:
     raise ValueError(f"allocator must be one of {sorted(LIBRARIES)} or 'glibc', got {name!r}")
-  out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+  try:
+    out = subprocess.run([shutil.which("ldconfig") or "/sbin/ldconfig", "-p"], capture_output=True, text=True).stdout
+  except OSError:  # no ldconfig: nothing can be looked up
+    out = ""
   paths = [line.split()[-1] for line in out.splitlines() if line.split()[:1] == [LIBRARIES[name]]]
   if not paths:
     package = {"tcmalloc": "libtcmalloc-minimal4", "jemalloc": "libjemalloc2"}[name]

@@ -2,8 +2,9 @@
 # them, and every call page-faults them in again: arjax/host.py, docs/inference_speed.md). Preloaded where the
 # system has it; ARJAX_TCMALLOC=0 turns it off, ARJAX_TCMALLOC=install also installs it (Debian's
 # libtcmalloc-minimal4, as root: scripts/demo.sh). A caller's own LD_PRELOAD is kept. Nothing fails without it.
-tcmalloc_path() {  # reads all of ldconfig's output (no early exit: no SIGPIPE under pipefail)
-  ldconfig -p 2>/dev/null | awk '$1 == "libtcmalloc_minimal.so.4" && !found {print $NF; found = 1}'
+tcmalloc_path() {  # reads all of ldconfig's output (no SIGPIPE); succeeds without ldconfig on PATH (set -e callers)
+  { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null || true; } \
+    | awk '$1 == "libtcmalloc_minimal.so.4" && !found {print $NF; found = 1}'
 }
 if [ "${ARJAX_TCMALLOC:-1}" = install ] && [ -z "$(tcmalloc_path)" ]; then
   pkg=libtcmalloc-minimal4
