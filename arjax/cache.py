@@ -77,13 +77,23 @@ def write(cache: KVCache, layer_k, layer_v, k_BLGD, v_BLGD):
   row (a scatter; one dynamic_update_slice for an aligned contiguous cache, which XLA:CPU runs faster)."""
   _check_len(cache, k_BLGD.shape[1])
   if cache.aligned and cache.window is None:
-    put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, jnp.swapaxes(new, 1, 2).astype(buf.dtype),
-                                                               cache.end_B[0], axis=2)
-    return put(layer_k, k_BLGD), put(layer_v, v_BLGD)
-  slot_BL = slots(cache, query_indices(cache, k_BLGD.shape[1]))
-  rows_B1 = jnp.arange(slot_BL.shape[0])[:, None]
-  put = lambda buf, new: buf.at[rows_B1, :, slot_BL].set(new.astype(buf.dtype), mode="drop")  # new: [B, L, G, D]
-  return put(layer_k, k_BLGD), put(layer_v, v_BLGD)
+    put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, jnp.swapaxes(new, 1, 2), cache.end_B[0], axis=2)
+  else:
+    slot_BL = slots(cache, query_indices(cache, k_BLGD.shape[1]))
+    rows_B1 = jnp.arange(slot_BL.shape[0])[:, None]
+    put = lambda buf, new: buf.at[rows_B1, :, slot_BL].set(new, mode="drop")  # new: [B, L, G, D]
+  return _in_place(put, layer_k, k_BLGD), _in_place(put, layer_v, v_BLGD)
+
+
+def _in_place(put, buf, new):
+  """put(buf, new in buf's dtype). On CPU a 16-bit float cache is written as its uint16 bit pattern: XLA:CPU
+  runs a bf16 dynamic-update-slice or scatter in f32, converting the whole cache there and back at every write
+  (VAR-d16: 0.7 ms a write, 0.2 s a sample; docs/inference_speed.md), while the bits are written in place."""
+  new = new.astype(buf.dtype)
+  if jax.default_backend() != "cpu" or buf.dtype.itemsize != 2:
+    return put(buf, new)
+  bits = jax.lax.bitcast_convert_type
+  return bits(put(bits(buf, jnp.uint16), bits(new, jnp.uint16)), buf.dtype)
 
 
 def written_pos(cache: KVCache, n: int):

@@ -103,6 +103,29 @@ def test_slots_write_advance_layout():
   assert int(empty.end_B.max()) == 0 and int(empty.pos_BS.max()) == -1
 
 
+@pytest.mark.parametrize("aligned,window", [(True, None), (False, None), (True, 4)])
+def test_bf16_write_is_the_rounded_f32_write_in_place(aligned, window):
+  """A bf16 cache write (dynamic_update_slice: aligned contiguous; scatter: per-row ends or a ring) holds the
+  bf16-rounded values of the f32 write, and compiles without an f32 copy of the cache (XLA:CPU would run a bf16
+  update in f32: the whole cache converted there and back at every write)."""
+  shape = (2, 3, 3, 4)  # [B, L, G, D] new keys
+  caches = {dt: cache_lib.init(1, 2, 16, 3, 4, dt, window=window).replace(aligned=aligned) for dt in (jnp.float32,
+                                                                                                       jnp.bfloat16)}
+  for dt, c in caches.items():
+    caches[dt] = c.replace(k=(jax.random.normal(jax.random.PRNGKey(0), c.k[0].shape).astype(dt),),
+                           end_B=jnp.array([3, 3]) if aligned else jnp.array([3, 6]))
+  new = jax.random.normal(jax.random.PRNGKey(1), shape)
+  write = jax.jit(lambda c, n: cache_lib.write(c, c.k[0], c.v[0], n, -n))
+  want_k, want_v = write(caches[jnp.float32], new)
+  got_k, got_v = write(caches[jnp.bfloat16], new)
+  assert got_k.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(got_k, want_k.astype(jnp.bfloat16))
+  np.testing.assert_array_equal(got_v, want_v.astype(jnp.bfloat16))
+  size = caches[jnp.bfloat16].size
+  hlo = write.lower(caches[jnp.bfloat16], new).compile().as_text()
+  assert f"f32[2,3,{size},4]" not in hlo, "the bf16 cache is converted to f32 for the write"
+
+
 @pytest.mark.parametrize("impl,mask", [("xla", masks.window_sink(1, 4, 2)), ("xla", masks.causal()),
                                        ("pallas", masks.causal())])
 def test_ring_sink_decode_equals_window_sink_dense(setup, impl, mask):

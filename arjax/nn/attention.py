@@ -55,10 +55,12 @@ def xla_attention(q_BQHD, k_BGKD, v_BGKD, mask, *, q_idx_BQ=None, k_idx_BK=None,
     logits = jnp.where(allowed, logits, -jnp.inf)
   m = jnp.max(logits, axis=-1, keepdims=True)
   m = jnp.where(jnp.isfinite(m), m, 0.0)
-  p = jnp.exp(logits - m)
-  denom = p.sum(-1, keepdims=True)
-  p = p / jnp.where(denom == 0, 1.0, denom)
-  out = jnp.einsum("bgmk,bgkd->bgmd", p.astype(v_BGKD.dtype), v_BGKD, preferred_element_type=jnp.float32)
+  # unnormalised weights in the values' dtype; the output is divided by their sum (in f32) after the product: one
+  # pass over [M, D] instead of [M, K], and the weights that multiply the values are the ones summed
+  p = jnp.exp(logits - m).astype(v_BGKD.dtype)
+  denom = p.sum(-1, keepdims=True, dtype=jnp.float32)
+  out = jnp.einsum("bgmk,bgkd->bgmd", p, v_BGKD, preferred_element_type=jnp.float32)
+  out = out / jnp.where(denom == 0, 1.0, denom)
   return out.reshape(b, g, r, lq, d).transpose(0, 3, 1, 2, 4).reshape(b, lq, h, d).astype(q_BQHD.dtype)
 
 

@@ -31,26 +31,36 @@ def _chunk_rows(b: int, h: int, w: int) -> int:
 def conv3x3_rows(x_BHWC, w_33CD):
   """SAME 3x3 stride-1 convolution with bf16 operands and f32 accumulation, as row-chunked products.
 
-  Per chunk of output rows, one [B * (rows + 2) * W, C] x [C, 9 * D] product gives every tap's contribution at
-  every input pixel; the output sums the 9 taps' shifted [rows, W] windows. On XLA:CPU a bf16 -> f32 product
-  of a few thousand rows and a few hundred columns runs at ~650 GFLOP/s on AMX, a convolution at ~150 (bf16 or
-  f32), and a product over a whole 256 x 256 image at 40-70% of the chunked speed (scripts/bench_conv.py,
-  docs/inference_speed.md)."""
+  A scan over chunks of input rows: one [B * rows * W, C] x [C, 9 * D] product per chunk gives every tap's
+  contribution at every input pixel; the column taps are summed in place, and the kernel rows' contributions of
+  the chunk's last input rows carry into the next chunk, so no row is multiplied twice. On XLA:CPU a bf16 -> f32
+  product of a few thousand rows and a few hundred columns runs at ~650 GFLOP/s on AMX, a convolution at ~150
+  (bf16 or f32) (scripts/bench_conv.py, docs/inference_speed.md)."""
   b, h, w, c = x_BHWC.shape
   d = w_33CD.shape[-1]
   rows = _chunk_rows(b, h, w)
-  x_BPWC = jnp.pad(x_BHWC.astype(jnp.bfloat16), ((0, 0), (1, 1), (0, 0), (0, 0)))
   w_CN = w_33CD.transpose(2, 0, 1, 3).reshape(c, 9 * d).astype(jnp.bfloat16)
   shift = lambda y, pad: jnp.pad(y, ((0, 0), (0, 0), pad, (0, 0)))
 
-  def chunk(r0):
-    x_BRWC = jax.lax.dynamic_slice_in_dim(x_BPWC, r0, rows + 2, axis=1)
-    z = jnp.einsum("brwc,cn->brwn", x_BRWC, w_CN, preferred_element_type=jnp.float32).reshape(b, rows + 2, w, 3, 3, d)
-    col = [sum(z[:, i:i + rows, :, i, j] for i in range(3)) for j in range(3)]  # kernel column j, at its input
-    return col[1] + shift(col[0][:, :, :-1], (1, 0)) + shift(col[2][:, :, 1:], (0, 1))
+  def kernel_row(z, i):
+    """Kernel row i's contribution at each input row of z [B, R, W, 3, 3, D] (its column taps summed)."""
+    return z[:, :, :, i, 1] + shift(z[:, :, :-1, i, 0], (1, 0)) + shift(z[:, :, 1:, i, 2], (0, 1))
 
-  y_NBRWD = jax.lax.map(chunk, jnp.arange(0, h, rows))
-  return jnp.moveaxis(y_NBRWD, 0, 1).reshape(b, h, w, d)
+  # output row r = k0[r - 1] + k1[r] + k2[r + 1], k_i = kernel_row(., i) at input rows. The chunk of input rows
+  # [r0, r0 + rows) completes output rows [r0 - 1, r0 + rows - 1); the carry holds k0 of the two input rows and
+  # k1 of the one input row before the chunk (zeros before row 0).
+  def chunk(carry, r0):
+    x_BRWC = jax.lax.dynamic_slice_in_dim(x_BHWC, r0, rows, axis=1).astype(jnp.bfloat16)
+    z = jnp.einsum("brwc,cn->brwn", x_BRWC, w_CN, preferred_element_type=jnp.float32).reshape(b, rows, w, 3, 3, d)
+    k0, k1 = jnp.concatenate([carry[0], kernel_row(z, 0)], 1), jnp.concatenate([carry[1], kernel_row(z, 1)], 1)
+    tail = (jnp.concatenate([carry[0], kernel_row(z[:, max(rows - 2, 0):], 0)], 1)[:, -2:],
+            kernel_row(z[:, -1:], 1))
+    return tail, k0[:, :rows] + k1[:, :rows] + kernel_row(z, 2)
+
+  zeros = lambda n: jnp.zeros((b, n, w, d), jnp.float32)
+  (k0, k1), y_NBRWD = jax.lax.scan(chunk, (zeros(2), zeros(1)), jnp.arange(0, h, rows))
+  y_BHWD = jnp.moveaxis(y_NBRWD, 0, 1).reshape(b, h, w, d)  # output rows -1 .. h - 2
+  return jnp.concatenate([y_BHWD[:, 1:], k0[:, :1] + k1], axis=1)  # row h - 1: its row below is the zero padding
 
 
 def _pads(padding):
