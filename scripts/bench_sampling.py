@@ -8,11 +8,12 @@ against the official PyTorch samplers in f32 / bf16, measured side by side in on
 Official code is read from local checkouts (never vendored). VAR is timed image-out (tokens + VQ decode, as
 `autoregressive_infer_cfg` returns images) and tokens-only; LlamaGen tokens-only (its `generate`). bf16 is
 `torch.autocast` for VAR (its sample script) and bf16 weights for LlamaGen (its sample script's default); arjax's
-is `compute_dtype='bfloat16'` (bf16 weights, f32 accumulation, f32 sampling; KV caches per `cache_dtype`, f32 on
-CPU), with params prepared once per precision by `quant.for_inference` (as LlamaGen's bf16 weights are converted
-once; VAR's autocast casts inside every call). Each row prints seconds
-per batch (best of --repeats after a first call), the first call's extra time (compile), tokens/s, the ratio to the
-official bf16 sampler and the 1-minute load average; figures taken with load > 0.5 are marked as such. Greedy
+is `compute_dtype='bfloat16'` (bf16 weights, f32 accumulation, f32 sampling; KV caches per `cache_dtype`), with
+params prepared once per precision by `quant.for_inference` (as LlamaGen's bf16 weights are converted once; VAR's
+autocast casts inside every call). The samplers of a model are timed round-robin (a first call each, then one
+call each per round), so a machine whose speed drifts slows them alike. Each row prints seconds per batch (best
+of --repeats), the first call's extra time (compile), tokens/s, the ratio to the official bf16 sampler and the
+1-minute load average; figures taken with load > 0.5 are marked as such. Greedy
 (temperature 0) token agreement of bf16 / int8 with arjax f32 is printed per model. `--compare REV` times arjax
 VAR-d16 in a git worktree of REV in its own process (A/B/A/B).
 """
@@ -73,31 +74,55 @@ def token_sampler(model, extra=None):
   return lambda params, cond, rng, **opts: fn(model, params, cond, rng, **opts)
 
 
-def arjax_rows(name: str, batch: int, repeats: int, modes=tuple(MODES)):
-  """Timing rows for arjax (each precision of `modes`; VAR also image-out) and the greedy agreement with f32."""
+def arjax_runners(name: str, batch: int, modes=tuple(MODES)):
+  """(row, run) per arjax sampler (each precision of `modes`; VAR also image-out), a function computing the greedy
+  agreement of each precision with f32 (after the timing, whose first calls are the compiles), tokens per image."""
   cfg, model, params = build(os.path.join(ROOT, CONFIGS[name]))
   cond = {"label": jnp.arange(batch, dtype=jnp.int32) % model.num_classes}
   tokens_fn = token_sampler(model, next_scale.SAMPLE_OPTIONS if name == "var" else None)
   opts = dict(cfg.sample)
-  rows, greedy = [], {}
+  runners, greedy = [], {}
   for mode in modes:
     prec = MODES[mode]
     # prepared once per precision, as LlamaGen's bf16 weights are converted once; the sampler's own cast is then free
     ready = jax.jit(quant.for_inference, static_argnums=(1, 2))(params, prec["compute_dtype"], prec.get("int8", False))
     targets = [("tokens", tokens_fn)] + ([("image", model.sample)] if name == "var" else [])
     for what, fn in targets:
-      run = lambda fn=fn: fn(ready, cond, jax.random.PRNGKey(0), **dict(opts, **prec))
-      first, best = time_call(run, repeats)
-      rows.append(dict(model=name, impl="arjax", mode=mode, what=what, seconds=best, compile=first - best,
-                       tokens=batch * model.num_tokens, load=host.load()))
-      print(json.dumps(rows[-1]), flush=True)
-    greedy[mode] = np.asarray(tokens_fn(ready, cond, jax.random.PRNGKey(0), **dict(opts, **prec, temperature=0.0)))
-  agree = {m: float((greedy[m] == greedy["f32"]).mean()) for m in greedy if m != "f32" and "f32" in greedy}
-  return rows, agree, model.num_tokens
+      run = lambda fn=fn, ready=ready, prec=prec: fn(ready, cond, jax.random.PRNGKey(0), **dict(opts, **prec))
+      runners.append((dict(model=name, impl="arjax", mode=mode, what=what, tokens=batch * model.num_tokens), run))
+    greedy[mode] = lambda ready=ready, prec=prec: np.asarray(
+        tokens_fn(ready, cond, jax.random.PRNGKey(0), **dict(opts, **prec, temperature=0.0)))
+
+  def agreement():
+    tokens = {m: fn() for m, fn in greedy.items()}
+    return {m: float((tokens[m] == tokens["f32"]).mean()) for m in tokens if m != "f32" and "f32" in tokens}
+
+  return runners, agreement, model.num_tokens
 
 
-def official_var(path: str, batch: int, repeats: int, opts: dict, tokens_per_image: int):
-  """Rows for the official VAR-d16 autoregressive_infer_cfg (random weights) in f32 and bf16 autocast."""
+def time_rows(runners, repeats: int) -> list[dict]:
+  """Rows with seconds (best of `repeats`) and compile (first call minus best) for (row, run) pairs, timed
+  round-robin after one first call each, so that a machine whose speed drifts during the run slows every
+  sampler alike; load is the highest 1-minute load average seen after the row's timed calls."""
+  first = []
+  for _, run in runners:
+    t = time.perf_counter()
+    jax.block_until_ready(run())
+    first.append(time.perf_counter() - t)
+  best, load = [float("inf")] * len(runners), [0.0] * len(runners)
+  for _ in range(repeats):
+    for i, (_, run) in enumerate(runners):
+      t = time.perf_counter()
+      jax.block_until_ready(run())
+      best[i], load[i] = min(best[i], time.perf_counter() - t), max(load[i], host.load())
+  rows = [dict(row, seconds=b, compile=f - b, load=l) for (row, _), f, b, l in zip(runners, first, best, load)]
+  for row in rows:
+    print(json.dumps(row), flush=True)
+  return rows
+
+
+def official_var(path: str, batch: int, opts: dict, tokens_per_image: int):
+  """(row, run) pairs for the official VAR-d16 autoregressive_infer_cfg (random weights) in f32 and bf16 autocast."""
   import types
 
   import torch
@@ -116,44 +141,44 @@ def official_var(path: str, batch: int, repeats: int, opts: dict, tokens_per_ima
     param.normal_(0, 0.02)
   var_model.eval()
   label = torch.arange(batch) % 1000
-  rows = []
-  for mode in ("f32", "bf16"):
+
+  def runner(mode):
     def run():
       with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):  # VAR's cfg=c ramps 1 -> 1 + c
         var_model.autoregressive_infer_cfg(B=batch, label_B=label, g_seed=0, cfg=opts["cfg_scale"] - 1,
                                            top_k=opts["top_k"], top_p=opts["top_p"])
-    first, best = time_call(lambda: (run(), jnp.zeros(()))[1], repeats)
-    rows.append(dict(model="var", impl="official", mode=mode, what="image", seconds=best, compile=first - best,
-                     tokens=batch * tokens_per_image, load=host.load()))
-    print(json.dumps(rows[-1]), flush=True)
-  return rows
+      return jnp.zeros(())
+    return dict(model="var", impl="official", mode=mode, what="image", tokens=batch * tokens_per_image), run
+
+  return [runner("f32"), runner("bf16")]
 
 
-def official_llamagen(path: str, batch: int, repeats: int, opts: dict):
-  """Rows for the official LlamaGen GPT-B `generate` (random weights, 256 tokens) in f32 and bf16 weights."""
+def official_llamagen(path: str, batch: int, opts: dict):
+  """(row, run) pairs for the official LlamaGen GPT-B `generate` (random weights, 256 tokens), f32 and bf16 weights."""
   import torch
   sys.path.insert(0, path)
   from autoregressive.models.generate import generate
   from autoregressive.models.gpt import GPT_models
   torch.set_grad_enabled(False)
-  rows = []
+  runners = []
   for mode, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
     torch.manual_seed(0)
     model = GPT_models["GPT-B"](vocab_size=16384, block_size=256, num_classes=1000, cls_token_num=1,
                                 model_type="c2i").to(dtype).eval()
     cond = torch.arange(batch) % 1000
-    run = lambda: generate(model, cond, 256, cfg_scale=opts["cfg_scale"], temperature=opts["temperature"],
-                           top_k=opts["top_k"], top_p=opts["top_p"], sample_logits=True)
-    first, best = time_call(lambda: (run(), jnp.zeros(()))[1], repeats)
-    rows.append(dict(model="llamagen", impl="official", mode=mode, what="tokens", seconds=best,
-                     compile=first - best, tokens=batch * 256, load=host.load()))
-    print(json.dumps(rows[-1]), flush=True)
-  return rows
+
+    def run(model=model):
+      generate(model, cond, 256, cfg_scale=opts["cfg_scale"], temperature=opts["temperature"], top_k=opts["top_k"],
+               top_p=opts["top_p"], sample_logits=True)
+      return jnp.zeros(())
+    runners.append((dict(model="llamagen", impl="official", mode=mode, what="tokens", tokens=batch * 256), run))
+  return runners
 
 
 def table(rows, start_load: float) -> str:
-  """Markdown table; ratio = seconds / official bf16 seconds of the same model and output. `load` is the 1-minute
-  load average after each row (the benchmark's own 2 threads included); a start load > 0.5 marks every row."""
+  """Markdown table; ratio = seconds / official bf16 seconds of the same model and output. `load` is the highest
+  1-minute load average seen while the row was timed (the benchmark's own threads included); a start load > 0.5
+  marks every row."""
   ref = {(r["model"], r["what"]): r["seconds"] for r in rows if r["impl"] == "official" and r["mode"] == "bf16"}
   lines = ["| model | output | sampler | precision | s / batch | tokens/s | compile s | / official bf16 | load |",
            "|---|---|---|---|---|---|---|---|---|"]
@@ -269,15 +294,16 @@ def main():
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
       raise ValueError(f"--modes {unknown}: expected some of {list(MODES)}")
-    model_rows, agree[name], num_tokens = arjax_rows(name, a.batch, a.repeats, modes)
+    runners, agreement, num_tokens = arjax_runners(name, a.batch, modes)
     official = a.official_var if name == "var" else a.official_llamagen
     if official and name == "var":
-      rows += official_var(official, a.batch, a.repeats, dict(cfg.sample), num_tokens)
+      runners = official_var(official, a.batch, dict(cfg.sample), num_tokens) + runners
     elif official:
-      rows += official_llamagen(official, a.batch, a.repeats, dict(cfg.sample))
-    rows += model_rows
+      runners = official_llamagen(official, a.batch, dict(cfg.sample)) + runners
+    rows += time_rows(runners, a.repeats)
+    agree[name] = agreement()
   text = "\n".join([table(rows, start_load)] + [f"{name}: greedy-token agreement with arjax f32: " + ", ".join(
-      f"{m} {100 * v:.1f}%" for m, v in agreement.items()) for name, agreement in agree.items()])
+      f"{m} {100 * v:.1f}%" for m, v in shares.items()) for name, shares in agree.items()])
   print(text)
   if a.readme:
     write_readme(text, f"`JAX_PLATFORMS=cpu python scripts/bench_sampling.py {' '.join(sys.argv[1:])}` "

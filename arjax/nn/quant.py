@@ -67,7 +67,7 @@ def dtype_of(name) -> jnp.dtype:
 
 def cache_dtype_of(name, compute_dtype) -> jnp.dtype:
   """`sample.cache_dtype` -> the KV caches' dtype. 'auto': float32 on CPU, where XLA has no fast bf16
-  matrix-vector product (decoding over a 1024-token bf16 cache is 1.7x slower than over an f32 one,
+  matrix-vector product (decoding over a 1024-token bf16 cache is 2.5x slower than over an f32 one,
   docs/inference_speed.md), else the compute dtype (half the cache bytes on TPU / GPU). 'compute': the compute
   dtype on every backend, for samplers whose units attend with many query rows at once (VAR's scales: a bf16
   cache is faster on CPU too)."""
