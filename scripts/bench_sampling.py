@@ -54,17 +54,17 @@ def build(config_path: str):
   return cfg, model, params
 
 
-def time_call(fn, repeats: int):
-  """(first call incl. compile, best of `repeats` later calls) in seconds."""
+def seconds(fn) -> float:
+  """Wall seconds of one call of fn, its results ready."""
   t = time.perf_counter()
   jax.block_until_ready(fn())
-  first = time.perf_counter() - t
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - t)
-  return first, best
+  return time.perf_counter() - t
+
+
+def time_call(fn, repeats: int):
+  """(first call incl. compile, best of `repeats` later calls) in seconds."""
+  first = seconds(fn)
+  return first, min(seconds(fn) for _ in range(repeats))
 
 
 def token_sampler(model, extra=None):
@@ -104,17 +104,11 @@ def time_rows(runners, repeats: int) -> list[dict]:
   """Rows with seconds (best of `repeats`) and compile (first call minus best) for (row, run) pairs, timed
   round-robin after one first call each, so that a machine whose speed drifts during the run slows every
   sampler alike; load is the highest 1-minute load average seen after the row's timed calls."""
-  first = []
-  for _, run in runners:
-    t = time.perf_counter()
-    jax.block_until_ready(run())
-    first.append(time.perf_counter() - t)
+  first = [seconds(run) for _, run in runners]
   best, load = [float("inf")] * len(runners), [0.0] * len(runners)
   for _ in range(repeats):
     for i, (_, run) in enumerate(runners):
-      t = time.perf_counter()
-      jax.block_until_ready(run())
-      best[i], load[i] = min(best[i], time.perf_counter() - t), max(load[i], host.load())
+      best[i], load[i] = min(best[i], seconds(run)), max(load[i], host.load())
   rows = [dict(row, seconds=b, compile=f - b, load=l) for (row, _), f, b, l in zip(runners, first, best, load)]
   for row in rows:
     print(json.dumps(row), flush=True)
