@@ -53,6 +53,7 @@ def conv3x3_rows(x_BHWC, w_33CD):
     x_BRWC = jax.lax.dynamic_slice_in_dim(x_BHWC, r0, rows, axis=1).astype(jnp.bfloat16)
     z = jnp.einsum("brwc,cn->brwn", x_BRWC, w_CN, preferred_element_type=jnp.float32).reshape(b, rows, w, 3, 3, d)
     k0, k1 = jnp.concatenate([carry[0], kernel_row(z, 0)], 1), jnp.concatenate([carry[1], kernel_row(z, 1)], 1)
+    # the carry from z's last rows, not from k0 / k1: XLA then fuses the output sum instead of materialising them
     tail = (jnp.concatenate([carry[0], kernel_row(z[:, max(rows - 2, 0):], 0)], 1)[:, -2:],
             kernel_row(z[:, -1:], 1))
     return tail, k0[:, :rows] + k1[:, :rows] + kernel_row(z, 2)
