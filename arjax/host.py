@@ -1,4 +1,5 @@
-"""Facts about the host process that decide CPU speed: which memory allocator it runs with, and the load.
+"""Facts about the host process that decide CPU speed: which memory allocator it runs with, whether the CPU has
+AMX (which decides whether bf16 products are fast), and the load.
 
 XLA:CPU allocates every call's output and temporary buffers afresh. glibc's malloc serves buffers above 32 MiB
 with a fresh mmap and unmaps them on free, so each call page-faults its big buffers in again, one 4 KiB page at a
@@ -60,12 +61,35 @@ def run_with(name: str):
   os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
+def cpu_flags(cpuinfo: str | None = None) -> frozenset:
+  """The CPU's feature flags (`cpuinfo`: the text of /proc/cpuinfo; read when None; empty where unreadable)."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      return frozenset()
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip() in ("flags", "Features"):
+      return frozenset(value.split())
+  return frozenset()
+
+
+def has_amx(flags: frozenset | None = None) -> bool:
+  """Whether the CPU has AMX bf16 tiles: the only x86 unit on which XLA:CPU's bf16 products beat f32 (AVX512-BF16
+  alone is slower than f32 there; docs/inference_speed.md, session 11)."""
+  return "amx_bf16" in (cpu_flags() if flags is None else flags)
+
+
 def load() -> float:
   """The 1-minute load average."""
   return os.getloadavg()[0]
 
 
 def describe() -> str:
-  """One line for benchmark headers: device, cpus, allocator, load."""
+  """One line for benchmark headers: device, cpus (with or without AMX), allocator, load."""
   import jax
-  return f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, allocator: {allocator()}, load {load():.2f}"
+  amx = f" ({'AMX' if has_amx() else 'no AMX'})" if jax.default_backend() == "cpu" else ""
+  return (f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus{amx}, allocator: {allocator()}, "
+          f"load {load():.2f}")

@@ -42,8 +42,9 @@ from arjax.paradigms import next_scale  # noqa: E402
 from arjax.sampling import loop  # noqa: E402
 
 CONFIGS = {"var": "configs/imagenet256/var_d16.py", "llamagen": "configs/imagenet256/llamagen_b.py"}
+# int8: int8 Dense kernels, the rest in the default compute dtype ('auto': bf16 with AMX, else f32)
 MODES = {"f32": dict(compute_dtype="float32"), "bf16": dict(compute_dtype="bfloat16"),
-         "int8": dict(compute_dtype="bfloat16", int8=True)}
+         "int8": dict(compute_dtype="auto", int8=True)}
 
 
 def build(config_path: str):
@@ -186,8 +187,8 @@ def table(rows, start_load: float) -> str:
 
 
 def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32, cache_dtypes=("bfloat16", "float32")):
-  """ms per decoded token of LlamaGen-B's transformer (bf16 weights, CFG batch) with the cache filled to each
-  length, for each cache dtype."""
+  """ms per decoded token of LlamaGen-B's transformer (weights in the default compute dtype, 'auto'; CFG batch)
+  with the cache filled to each length, for each cache dtype."""
   from arjax import masks
   from arjax.nn.transformer import Transformer, TransformerConfig
   cfg = config_lib.load_config(os.path.join(ROOT, CONFIGS["llamagen"]))
@@ -195,7 +196,8 @@ def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32, cache_d
   net = Transformer(tcfg)
   rows = 2 * batch
   x = jnp.zeros((rows, 1, tcfg.width))
-  params = quant.cast(nn.meta.unbox(net.init(jax.random.PRNGKey(0), x, masks.causal())["params"]), jnp.bfloat16)
+  weights = quant.dtype_of("auto")
+  params = quant.cast(nn.meta.unbox(net.init(jax.random.PRNGKey(0), x, masks.causal())["params"]), weights)
 
   @jax.jit
   def decode(params, cache):
@@ -211,7 +213,8 @@ def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32, cache_d
                             pos_BS=jnp.broadcast_to(jnp.where(filled, jnp.arange(length), -1), (rows, length)))
       _, best = time_call(lambda: decode(params, cache), 2)
       out[length] = 1e3 * best / steps
-    print(f"per-token decode (LlamaGen-B transformer, bf16 weights, {dtype} cache, batch {batch} with CFG): " +
+    print(f"per-token decode (LlamaGen-B transformer, {weights.name} weights, {dtype} cache, batch {batch} with "
+          "CFG): " +
           ", ".join(f"{n} tokens {ms:.1f} ms" for n, ms in out.items()) +
           f"; {max(lengths)} / {min(lengths)} = {out[max(lengths)] / out[min(lengths)]:.2f}x; load {host.load():.2f}",
           flush=True)

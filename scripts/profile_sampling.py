@@ -1,7 +1,7 @@
 """Where a sampler spends its time on this machine: one traced call, XLA op time summed by op kind.
 
   JAX_PLATFORMS=cpu python scripts/profile_sampling.py [--config configs/imagenet256/var_d16.py] \
-      [--compute-dtype bfloat16] [--int8] [--batch 2] [--top 15] [--trace-dir /tmp/arjax_trace] [--by module]
+      [--compute-dtype auto] [--int8] [--batch 2] [--top 15] [--trace-dir /tmp/arjax_trace] [--by module]
 
 Random weights (as scripts/bench_sampling.py), params prepared once, tokens only. The first call compiles, the second
 is timed, and the third runs under `jax.profiler.trace`. The perfetto trace's per-op events (e.g. `ynn_fusion.31`:
@@ -83,7 +83,7 @@ def op_kinds(trace_dir: str, names: dict | None = None) -> tuple[collections.Cou
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default=os.path.join(bench_sampling.ROOT, bench_sampling.CONFIGS["var"]))
-  p.add_argument("--compute-dtype", default="bfloat16")
+  p.add_argument("--compute-dtype", default="auto")
   p.add_argument("--int8", action="store_true")
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--top", type=int, default=15)

@@ -25,6 +25,20 @@ def test_allocator_from_maps():
   assert host.allocator(MAPS + "7f1-7f2 r--p 0 08:01 9 /data/libtcmalloc_notes/x.txt\n") == "glibc malloc"
 
 
+CPUINFO = """\
+processor\t: 0
+model name\t: Intel(R) Xeon(R) Processor
+flags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni
+"""
+
+
+def test_cpu_flags_and_amx_from_cpuinfo():
+  flags = host.cpu_flags(CPUINFO)
+  assert {"avx512_bf16", "avx512_vnni"} <= flags and not host.has_amx(flags)
+  assert host.has_amx(host.cpu_flags(CPUINFO.replace("avx512_vnni", "avx512_vnni amx_bf16 amx_tile")))
+  assert host.cpu_flags("processor : 0\n") == frozenset()  # no flags line (e.g. a sandbox): nothing assumed
+
+
 def _env(**over):
   env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ARJAX_TCMALLOC")}
   return dict(env, **over)

@@ -56,13 +56,23 @@ class Int8:
     return self.q.dtype
 
 
+def auto_dtype() -> jnp.dtype:
+  """The compute dtype 'auto' means: bfloat16 on accelerators and on CPUs with AMX; float32 on other CPUs, where
+  XLA:CPU's bf16 products (AVX512-BF16 or emulated) are slower than f32 ones (VAR-d16 images 15.0 s bf16 vs 9.7 s
+  f32 on an AVX512-BF16 Xeon without AMX; docs/inference_speed.md, session 11)."""
+  from arjax import host
+  return jnp.dtype(jnp.bfloat16 if jax.default_backend() != "cpu" or host.has_amx() else jnp.float32)
+
+
 def dtype_of(name) -> jnp.dtype:
-  """'float32' | 'bfloat16' (or a dtype) -> the jnp dtype; anything else is an error naming the option."""
+  """'auto' | 'float32' | 'bfloat16' (or a dtype) -> the jnp dtype; anything else is an error naming the option."""
   if not isinstance(name, str):
     return jnp.dtype(name)
+  if name == "auto":
+    return auto_dtype()
   if name not in DTYPES:
-    raise ValueError(f"sample.compute_dtype must be one of {sorted(DTYPES)}, got {name!r}")
-  return DTYPES[name]
+    raise ValueError(f"sample.compute_dtype must be 'auto' or one of {sorted(DTYPES)}, got {name!r}")
+  return jnp.dtype(DTYPES[name])
 
 
 def cache_dtype_of(name, compute_dtype) -> jnp.dtype:

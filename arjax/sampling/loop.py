@@ -29,10 +29,11 @@ from arjax import cache as cache_lib
 from arjax.nn import quant
 from arjax.sampling import guidance as guidance_lib
 
-# Inference precision (arjax.nn.quant): params are cast once per call (or their Dense kernels quantised to int8),
-# KV caches are held in `cache_dtype` ('auto': f32 on CPU, else the compute dtype); logits, softmax and sampling
+# Inference precision (arjax.nn.quant): params are cast once per call to `compute_dtype` ('auto': bf16 on
+# accelerators and AMX CPUs, f32 on other CPUs; quant.auto_dtype) or their Dense kernels quantised to int8, KV
+# caches are held in `cache_dtype` ('auto': f32 on CPU, else the compute dtype); logits, softmax and sampling
 # stay f32.
-PRECISION = dict(compute_dtype="bfloat16", int8=False, cache_dtype="auto")
+PRECISION = dict(compute_dtype="auto", int8=False, cache_dtype="auto")
 CHUNKS = 4  # loops per run of equal units with fed_at_start (each traced and compiled on its own) ...
 CHUNK_MIN_SLOTS = 256  # ... once a cache holds this many slots (shorter: attention is cheap, compile time is not)
 

@@ -73,6 +73,18 @@ def test_dense_general_paths_match_f32(mode):
   assert 1e-5 < rel < (0.02 if mode == "bf16" else 0.05), rel
 
 
+def test_auto_compute_dtype_follows_the_host(monkeypatch):
+  """'auto': bf16 on a CPU with AMX and on accelerators, f32 on other CPUs (bf16 products are slower there)."""
+  from arjax import host
+  for amx, want in ((True, jnp.bfloat16), (False, jnp.float32)):
+    monkeypatch.setattr(host, "has_amx", lambda flags=None, amx=amx: amx)
+    assert quant.dtype_of("auto") == want
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    assert quant.dtype_of("auto") == jnp.bfloat16
+    monkeypatch.undo()
+  assert quant.dtype_of("auto") == (jnp.bfloat16 if host.has_amx() else jnp.float32)
+
+
 def test_errors_name_the_problem():
   with pytest.raises(ValueError, match="compute_dtype"):
     quant.dtype_of("float16x")
