@@ -1,4 +1,5 @@
-"""Judge accuracy of one trained run's samples in each inference precision (f32 / bf16 / int8), same seeds.
+"""Judge accuracy of one trained run's samples in each inference precision (f32 / bf16 / int8, the rest of int8 in
+the 'auto' compute dtype: bf16 with AMX, else f32), same seeds.
 
   python scripts/precision_quality.py --workdir runs/nt [--num_samples 512]
 
@@ -20,12 +21,12 @@ import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from arjax import registry  # noqa: E402
 from arjax.eval import evaluators, judge  # noqa: E402
 from arjax.train import checkpoint  # noqa: E402
+from bench_sampling import MODES  # noqa: E402  (f32, bf16, int8 with the rest in 'auto')
 
-MODES = {"f32": dict(compute_dtype="float32"), "bf16": dict(compute_dtype="bfloat16"),
-         "int8": dict(compute_dtype="bfloat16", int8=True)}
 
 
 def main():
