@@ -82,6 +82,11 @@ def has_amx(flags: frozenset | None = None) -> bool:
   return "amx_bf16" in (cpu_flags() if flags is None else flags)
 
 
+def amx_label() -> str:
+  """'AMX' or 'no AMX', for benchmark headers (which precision is fast depends on it)."""
+  return "AMX" if has_amx() else "no AMX"
+
+
 def load() -> float:
   """The 1-minute load average."""
   return os.getloadavg()[0]
@@ -90,6 +95,6 @@ def load() -> float:
 def describe() -> str:
   """One line for benchmark headers: device, cpus (with or without AMX), allocator, load."""
   import jax
-  amx = f" ({'AMX' if has_amx() else 'no AMX'})" if jax.default_backend() == "cpu" else ""
+  amx = f" ({amx_label()})" if jax.default_backend() == "cpu" else ""
   return (f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cpus{amx}, allocator: {allocator()}, "
           f"load {load():.2f}")

@@ -304,8 +304,7 @@ def main():
   print(text)
   if a.readme:
     write_readme(text, f"`JAX_PLATFORMS=cpu python scripts/bench_sampling.py {' '.join(sys.argv[1:])}` "
-                       f"({os.cpu_count()} cpus, {'AMX' if host.has_amx() else 'no AMX'}, allocator: "
-                       f"{host.allocator()}, batch {a.batch})")
+                       f"({os.cpu_count()} cpus, {host.amx_label()}, allocator: {host.allocator()}, batch {a.batch})")
 
 
 def write_readme(text: str, how: str, path: str = os.path.join(ROOT, "README.md")):
