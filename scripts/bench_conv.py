@@ -1,12 +1,13 @@
 """The image decoders' 3x3 convolutions on this CPU: XLA's convolution (f32, bf16 -> f32) against arjax's
-row-chunked bf16 products (`arjax.nn.conv.conv3x3_rows`), side by side, then VAR-d16's whole VQ decode in f32
-and with `quant.for_decoding` (bf16 conv kernels, what the samplers run with compute_dtype='bfloat16').
+row-chunked bf16 products (`arjax.nn.conv.conv3x3_rows`) and its f32 Winograd F(4x4, 3x3)
+(`arjax.nn.conv.winograd_conv3x3`), side by side, then VAR-d16's whole VQ decode with plain f32 params and with
+`conv.for_decoding` ones: f32 (Winograd 3x3 kernels) and bf16 - what the samplers run with.
 
   JAX_PLATFORMS=cpu python scripts/bench_conv.py [--repeats 3] [--no-decode]
 
 Shapes: the decoder convs of VAR-d16's VQ-VAE at batch 2 (ch 160, ch_mult 1, 1, 2, 2, 4). Prints ms per call
-(best of --repeats), GFLOP/s, the ratio to the f32 convolution, the largest difference from the f32 result
-relative to its largest value, and the machine load.
+(best of --repeats), GFLOP/s (of the direct convolution's 2 x 9 x C x D flops per pixel), the ratios to the f32
+convolution, the largest differences from the f32 result relative to its largest value, and the machine load.
 """
 from __future__ import annotations
 
@@ -38,21 +39,24 @@ def xla_conv(x, w, acc=None):
 
 
 def conv_rows(repeats: int):
-  print("| conv (batch, size, C -> D) | XLA f32 | XLA bf16 -> f32 | conv3x3_rows (bf16 -> f32) | rows / f32 | "
-        "max err (rows) |\n|---|---|---|---|---|---|")
+  print("| conv (batch, size, C -> D) | XLA f32 | XLA bf16 -> f32 | conv3x3_rows (bf16 -> f32) | Winograd (f32) | "
+        "rows / f32 | Winograd / f32 | max err rows, Winograd |\n|---|---|---|---|---|---|---|---|")
   bf = lambda a: a.astype(jnp.bfloat16)
+  wino = jax.jit(lambda x, w: conv_lib.winograd_conv3x3(x, conv_lib.winograd(w).u))
   for b, s, c, d in SHAPES:
     x = jax.random.normal(jax.random.PRNGKey(0), (b, s, s, c))
     w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, c, d)) * (9 * c) ** -0.5
+    u = conv_lib.winograd(w).u
     flops = 2 * 9 * c * d * b * s * s
     f32, bf16, rows = (jax.jit(xla_conv), jax.jit(lambda x, w: xla_conv(x, w, jnp.float32)),
                        jax.jit(conv_lib.conv3x3_rows))
     t = [best_seconds(f32, (x, w), repeats), best_seconds(bf16, (bf(x), bf(w)), repeats),
-         best_seconds(rows, (x, bf(w)), repeats)]
+         best_seconds(rows, (x, bf(w)), repeats), best_seconds(jax.jit(conv_lib.winograd_conv3x3), (x, u), repeats)]
     ref = f32(x, w)
-    err = float(jnp.abs(rows(x, bf(w)) - ref).max() / jnp.abs(ref).max())
+    err = [float(jnp.abs(y - ref).max() / jnp.abs(ref).max()) for y in (rows(x, bf(w)), wino(x, w))]
     cells = " | ".join(f"{1e3 * s_:.0f} ms ({flops / s_ / 1e9:.0f} GF/s)" for s_ in t)
-    print(f"| {b}, {s}x{s}, {c} -> {d} | {cells} | {t[2] / t[0]:.2f} | {err:.1e} |", flush=True)
+    print(f"| {b}, {s}x{s}, {c} -> {d} | {cells} | {t[2] / t[0]:.2f} | {t[3] / t[0]:.2f} | "
+          f"{err[0]:.1e}, {err[1]:.1e} |", flush=True)
 
 
 def var_decode(repeats: int):
@@ -60,11 +64,17 @@ def var_decode(repeats: int):
   tok, params = model.tokenizer, model.tokenizer_params
   f_hat = jax.random.normal(jax.random.PRNGKey(0), (2, *tok.grid, tok.code_dim))
   decode = jax.jit(tok.fhat_to_image)
-  bf16 = jax.jit(quant.for_decoding, static_argnums=1)(params, "bfloat16")
-  t32, t16 = best_seconds(decode, (params, f_hat), repeats), best_seconds(decode, (bf16, f_hat), repeats)
-  diff = jnp.abs(decode(bf16, f_hat) - decode(params, f_hat))
-  print(f"VAR-d16 VQ decode, batch 2 (random weights): f32 {t32:.2f} s, bf16 convs {t16:.2f} s ({t16 / t32:.2f}x); "
-        f"pixel difference (range [-1, 1]) mean {float(diff.mean()):.4f}, max {float(diff.max()):.4f}")
+  prepare = jax.jit(conv_lib.for_decoding, static_argnums=1)
+  ref = decode(params, f_hat)
+  t32 = best_seconds(decode, (params, f_hat), repeats)
+  parts = [f"VAR-d16 VQ decode, batch 2 (random weights): f32 {t32:.2f} s"]
+  for name, dtype in (("Winograd f32", "float32"), ("bf16 convs", "bfloat16")):
+    prepared = prepare(params, dtype)
+    t = best_seconds(decode, (prepared, f_hat), repeats)
+    diff = jnp.abs(decode(prepared, f_hat) - ref)
+    parts.append(f"{name} {t:.2f} s ({t / t32:.2f}x; pixel difference (range [-1, 1]) mean "
+                 f"{float(diff.mean()):.1e}, max {float(diff.max()):.1e})")
+  print("; ".join(parts))
 
 
 def main():

@@ -13,8 +13,9 @@ Both are chosen by the *params*, not by flags threaded through modules: `layers.
     schemes keep their LM head: on VAR-d16 (random weights) the greedy tokens agree with f32 on 98.2% with an int8
     head and on 99.4% (the bf16 figure) with a bf16 one.
 
-`arjax.nn.conv.Conv` reads its kernel the same way (bf16 only): the samplers give image decoders
-`for_decoding(tokenizer_params, compute_dtype)`, whose bf16 3x3 convolutions run as row-chunked bf16 products.
+`arjax.nn.conv.Conv` reads its kernel the same way: the samplers give image decoders
+`conv.for_decoding(tokenizer_params, compute_dtype)`, whose 3x3 convolutions run as row-chunked bf16 products
+(bf16) or by Winograd F(4x4, 3x3) (f32 on CPU).
 
 `Int8.scale` has the kernel's rank with size-1 axes except the last (the output channels of every Dense and of
 the attention projections' head_dim axis), so the scale factors out of any contraction over the leading axes.
@@ -163,20 +164,6 @@ def for_inference(params, compute_dtype, int8: bool):
   the sampler's own call is then free (for VAR-d16 the per-call cast is 0.5 s of 7 s on 2 CPU cores)."""
   dtype = dtype_of(compute_dtype)
   return quantize(params, dtype=dtype) if int8 else cast(params, dtype)
-
-
-def for_decoding(tokenizer_params, compute_dtype):
-  """The tokenizer params an image decode runs on: the conv kernels under a 'decoder' in compute_dtype (bf16:
-  arjax.nn.conv's row-chunked products), everything else as it is (codebooks, the quantiser's convs: the
-  tokens do not change). Idempotent."""
-  dtype = dtype_of(compute_dtype)
-
-  def one(path, leaf):
-    names = [getattr(k, "key", None) for k in path]
-    is_conv = names[-1:] == ["kernel"] and getattr(leaf, "ndim", 0) == 4 and "decoder" in names
-    return _cast_leaf(leaf, dtype) if is_conv else leaf
-
-  return jax.tree_util.tree_map_with_path(one, tokenizer_params)
 
 
 def weight_bytes(params) -> int:

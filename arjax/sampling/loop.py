@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from arjax import cache as cache_lib
+from arjax.nn import conv as conv_lib
 from arjax.nn import quant
 from arjax.sampling import guidance as guidance_lib
 
@@ -161,7 +162,7 @@ def sampler(extra: dict | None = None):
       cache_dtype = quant.cache_dtype_of(opts.pop("cache_dtype"), dtype)
       if tokenizer_params is not None:  # an argument, not a closed-over constant (compile time)
         self = copy.copy(self)
-        self.tokenizer_params = quant.for_decoding(tokenizer_params, dtype)
+        self.tokenizer_params = conv_lib.for_decoding(tokenizer_params, dtype)
       with quant.compute(dtype, cache_dtype):
         return fn(self, quant.for_inference(params, dtype, int8), cond, rng, opts)
 

@@ -124,14 +124,14 @@ def test_conv3x3_rows_equals_lax_conv(monkeypatch, b, h, w, c, d, chunk):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_bf16_decoder_equals_rounded_reference(monkeypatch, layout):
-  """`quant.for_decoding` params (bf16 conv kernels) run every decoder conv - 3x3 by row chunks, 1x1 - with bf16
+  """`conv_lib.for_decoding` params (bf16 conv kernels) run every decoder conv - 3x3 by row chunks, 1x1 - with bf16
   operands and f32 accumulation: equal to the explicit reference with rounded conv operands, not to f32."""
   monkeypatch.setattr(conv_lib, "CHUNK_ROWS", 48)
   cfg, blocks_per_level, upsample_width = LAYOUTS[layout]
   dec = conv_lib.Decoder(cfg)
   z = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 5))
   params = dec.init(jax.random.PRNGKey(3), z)["params"]
-  bf16 = quant.for_decoding({"decoder": params}, "bfloat16")["decoder"]
+  bf16 = conv_lib.for_decoding({"decoder": params}, "bfloat16")["decoder"]
   got = dec.apply({"params": bf16}, z)
   assert got.dtype == jnp.float32
   want = Reference(params, cfg.groups, bf16_convs=True).decoder(z, cfg, blocks_per_level, upsample_width)
@@ -143,6 +143,54 @@ def test_bf16_decoder_equals_rounded_reference(monkeypatch, layout):
   err, err_f32 = float(jnp.abs(got - want).mean()), float(jnp.abs(got - f32).mean())
   assert err < 0.1 * err_f32 and float(jnp.abs(got - want).max()) < 1e-2, (err, err_f32)
   assert err_f32 > 1e-3  # the bf16 path was taken
+
+
+@pytest.mark.parametrize("b,h,w,c,d", [(2, 16, 16, 8, 6), (1, 7, 10, 3, 5), (2, 4, 4, 1, 1), (1, 1, 3, 2, 2)])
+def test_winograd_conv3x3_equals_lax_conv(b, h, w, c, d):
+  """Winograd F(4x4, 3x3) equals the SAME 3x3 lax conv: whole tiles, partial tiles (7 x 10), one tile, a 1-row image."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (b, h, w, c))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, c, d))
+  want = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      precision=HIGHEST)
+  got = conv_lib.winograd_conv3x3(x, conv_lib.winograd(k).u)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=1e-5 * float(jnp.abs(want).max()), rtol=0)
+
+
+def test_for_decoding_converts_only_the_decoders_conv_kernels():
+  """bf16: the decoder's conv kernels cast; f32 on CPU: its 3x3 kernels as Winograd, 1x1 kernels as they are;
+  biases, norms, codebooks and the quantiser's convs untouched; idempotent."""
+  tree = {"decoder": {"conv_in": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.ones(4)},
+                      "nin": {"kernel": jnp.ones((1, 1, 4, 4))}, "norm": {"scale": jnp.ones(4)}},
+          "phi_0": {"kernel": jnp.ones((3, 3, 4, 4))}, "embedding": jnp.ones((8, 4))}
+  kinds = lambda t: {"/".join(k): type(v).__name__ if isinstance(v, conv_lib.Winograd) else str(v.dtype)
+                     for k, v in traverse_util.flatten_dict(t).items()}
+  rest = {"decoder/conv_in/bias": "float32", "decoder/norm/scale": "float32", "phi_0/kernel": "float32",
+          "embedding": "float32"}
+  out = conv_lib.for_decoding(tree, "bfloat16")
+  assert kinds(out) == dict(rest, **{"decoder/conv_in/kernel": "bfloat16", "decoder/nin/kernel": "bfloat16"})
+  assert kinds(conv_lib.for_decoding(out, "bfloat16")) == kinds(out)
+  out = conv_lib.for_decoding(tree, "float32")
+  assert kinds(out) == dict(rest, **{"decoder/conv_in/kernel": "Winograd", "decoder/nin/kernel": "float32"})
+  again = conv_lib.for_decoding(out, "float32")
+  assert again["decoder"]["conv_in"]["kernel"] is out["decoder"]["conv_in"]["kernel"]
+  np.testing.assert_array_equal(out["decoder"]["conv_in"]["kernel"].kernel, tree["decoder"]["conv_in"]["kernel"])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_winograd_decoder_equals_f32_reference(monkeypatch, layout):
+  """f32 `for_decoding` params run every 3x3 decoder conv by Winograd (counted) and equal the f32 reference."""
+  cfg, blocks_per_level, upsample_width = LAYOUTS[layout]
+  dec = conv_lib.Decoder(cfg)
+  z = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 5))
+  params = dec.init(jax.random.PRNGKey(3), z)["params"]
+  calls = []
+  monkeypatch.setattr(conv_lib, "winograd_conv3x3", lambda x, u, f=conv_lib.winograd_conv3x3: calls.append(1) or f(x, u))
+  got = dec.apply({"params": conv_lib.for_decoding({"decoder": params}, "float32")["decoder"]}, z)
+  want = Reference(params, cfg.groups).decoder(z, cfg, blocks_per_level, upsample_width)
+  n_3x3 = sum(1 for k, v in traverse_util.flatten_dict(params).items() if k[-1] == "kernel" and v.shape[:2] == (3, 3))
+  assert len(calls) == n_3x3 > 5
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_config_validation():
