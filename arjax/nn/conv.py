@@ -25,6 +25,10 @@ from arjax.nn import quant
 
 HIGHEST = jax.lax.Precision.HIGHEST
 CHUNK_ROWS = 3072  # pixels (batch x rows x width) per product of conv3x3_rows
+# f32 3x3 decoder convs with >= this many input and output channels run by Winograd: below, the tile transforms
+# cost more than the products save (XLA:CPU, 2 x 256 x 256: 160 -> 160 0.53x the direct conv, 160 -> 64 1.13x,
+# 160 -> 3 5.6x)
+WINOGRAD_MIN_CHANNELS = 128
 
 
 def _chunk_rows(b: int, h: int, w: int) -> int:
@@ -90,18 +94,20 @@ class Winograd:
   dtype = property(lambda self: self.kernel.dtype)
 
 
-def winograd(kernel_33CD) -> Winograd:
-  g = jnp.asarray(WINOGRAD_G)
-  return Winograd(kernel_33CD, jnp.einsum("ai,ijcd,bj->abcd", g, kernel_33CD, g, precision=HIGHEST))
-
-
 def _combine(matrix, xs):
-  """[sum_j matrix[i, j] * xs[j] for each row i], skipping zero coefficients (the transforms are sparse)."""
+  """[sum_j matrix[i, j] * xs[j] for each row i], skipping zero coefficients (the transforms are sparse): elementwise
+  sums XLA fuses, where an einsum with the small matrix runs as a slow transposing product on XLA:CPU."""
   out = []
   for row in matrix:
     terms = [x if c == 1 else -x if c == -1 else float(c) * x for c, x in zip(row, xs) if c != 0]
     out.append(functools.reduce(operator.add, terms))
   return out
+
+
+def winograd(kernel_33CD) -> Winograd:
+  rows = _combine(WINOGRAD_G, list(kernel_33CD))  # 6 x [3, C, D]
+  u = jnp.stack([jnp.stack(_combine(WINOGRAD_G, list(r))) for r in rows])
+  return Winograd(kernel_33CD, u)
 
 
 def winograd_conv3x3(x_BHWC, u_66CD):
@@ -172,8 +178,8 @@ class Conv(nn.Conv):
 
 def for_decoding(tokenizer_params, compute_dtype):
   """The tokenizer params an image decode runs on: the conv kernels under a 'decoder' in compute_dtype - bf16:
-  row-chunked bf16 products; f32 on CPU: 3x3 kernels as `Winograd` (XLA:CPU's f32 convolution is ~2x slower) -
-  and everything else as it is (codebooks, the quantiser's convs: the tokens do not change). Idempotent."""
+  row-chunked bf16 products; f32 on CPU: 3x3 kernels of >= WINOGRAD_MIN_CHANNELS in and out as `Winograd` (XLA:CPU's
+  f32 convolution is ~2x slower) - and everything else as it is (codebooks, the quantiser's convs: the tokens do not change). Idempotent."""
   dtype = quant.dtype_of(compute_dtype)
   use_winograd = dtype == jnp.float32 and jax.default_backend() == "cpu"
 
@@ -182,7 +188,7 @@ def for_decoding(tokenizer_params, compute_dtype):
     if isinstance(leaf, Winograd) or not (names[-1:] == ["kernel"] and getattr(leaf, "ndim", 0) == 4
                                            and "decoder" in names):
       return leaf
-    if use_winograd and leaf.shape[:2] == (3, 3):
+    if use_winograd and leaf.shape[:2] == (3, 3) and min(leaf.shape[2:]) >= WINOGRAD_MIN_CHANNELS:
       return winograd(leaf.astype(jnp.float32))
     return leaf.astype(dtype)
 

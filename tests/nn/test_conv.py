@@ -157,10 +157,12 @@ def test_winograd_conv3x3_equals_lax_conv(b, h, w, c, d):
   np.testing.assert_allclose(got, want, atol=1e-5 * float(jnp.abs(want).max()), rtol=0)
 
 
-def test_for_decoding_converts_only_the_decoders_conv_kernels():
-  """bf16: the decoder's conv kernels cast; f32 on CPU: its 3x3 kernels as Winograd, 1x1 kernels as they are;
-  biases, norms, codebooks and the quantiser's convs untouched; idempotent."""
+def test_for_decoding_converts_only_the_decoders_conv_kernels(monkeypatch):
+  """bf16: the decoder's conv kernels cast; f32 on CPU: its 3x3 kernels of >= WINOGRAD_MIN_CHANNELS as Winograd,
+  narrower and 1x1 kernels as they are; biases, norms, codebooks and the quantiser's convs untouched; idempotent."""
+  monkeypatch.setattr(conv_lib, "WINOGRAD_MIN_CHANNELS", 2)
   tree = {"decoder": {"conv_in": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.ones(4)},
+                      "conv_out": {"kernel": jnp.ones((3, 3, 4, 1))},
                       "nin": {"kernel": jnp.ones((1, 1, 4, 4))}, "norm": {"scale": jnp.ones(4)}},
           "phi_0": {"kernel": jnp.ones((3, 3, 4, 4))}, "embedding": jnp.ones((8, 4))}
   kinds = lambda t: {"/".join(k): type(v).__name__ if isinstance(v, conv_lib.Winograd) else str(v.dtype)
@@ -168,10 +170,12 @@ def test_for_decoding_converts_only_the_decoders_conv_kernels():
   rest = {"decoder/conv_in/bias": "float32", "decoder/norm/scale": "float32", "phi_0/kernel": "float32",
           "embedding": "float32"}
   out = conv_lib.for_decoding(tree, "bfloat16")
-  assert kinds(out) == dict(rest, **{"decoder/conv_in/kernel": "bfloat16", "decoder/nin/kernel": "bfloat16"})
+  assert kinds(out) == dict(rest, **{"decoder/conv_in/kernel": "bfloat16", "decoder/nin/kernel": "bfloat16",
+                                     "decoder/conv_out/kernel": "bfloat16"})
   assert kinds(conv_lib.for_decoding(out, "bfloat16")) == kinds(out)
   out = conv_lib.for_decoding(tree, "float32")
-  assert kinds(out) == dict(rest, **{"decoder/conv_in/kernel": "Winograd", "decoder/nin/kernel": "float32"})
+  assert kinds(out) == dict(rest, **{"decoder/conv_in/kernel": "Winograd", "decoder/nin/kernel": "float32",
+                                     "decoder/conv_out/kernel": "float32"})
   again = conv_lib.for_decoding(out, "float32")
   assert again["decoder"]["conv_in"]["kernel"] is out["decoder"]["conv_in"]["kernel"]
   np.testing.assert_array_equal(out["decoder"]["conv_in"]["kernel"].kernel, tree["decoder"]["conv_in"]["kernel"])
@@ -179,7 +183,9 @@ def test_for_decoding_converts_only_the_decoders_conv_kernels():
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_winograd_decoder_equals_f32_reference(monkeypatch, layout):
-  """f32 `for_decoding` params run every 3x3 decoder conv by Winograd (counted) and equal the f32 reference."""
+  """f32 `for_decoding` params run every 3x3 decoder conv by Winograd (counted; no channel floor) and equal the f32
+  reference."""
+  monkeypatch.setattr(conv_lib, "WINOGRAD_MIN_CHANNELS", 1)
   cfg, blocks_per_level, upsample_width = LAYOUTS[layout]
   dec = conv_lib.Decoder(cfg)
   z = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 5))
