@@ -19,11 +19,12 @@ def base_config() -> ml_collections.ConfigDict:
                  ckpt_every=500, keep_checkpoints=2, sample_every=0, num_sample_images=16,
                  maintain_every=0, progress=True, stop_at_step=0)
   c.mesh = dict(shape=(-1, 1, 1), rules=None)
-  # compute_dtype / int8 / cache_dtype: inference precision (arjax.nn.quant; logits and sampling stay f32;
+  # compute_dtype / int8 / int8_head / cache_dtype: inference precision (arjax.nn.quant; logits and sampling stay f32;
+  # int8_head: the logits head int8 too, where a model's greedy tokens were checked against f32;
   # compute_dtype 'auto' = bf16 on accelerators and AMX CPUs, f32 on other CPUs;
   # cache_dtype 'auto' = f32 on CPU, the compute dtype elsewhere; 'compute' = the compute dtype everywhere)
   c.sample = dict(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, cfg_schedule="constant",
-                  compute_dtype="auto", int8=False, cache_dtype="auto")
+                  compute_dtype="auto", int8=False, int8_head=False, cache_dtype="auto")
   c.evals = ml_collections.ConfigDict()
   for section in ("data", "optim", "train", "mesh", "sample"):
     c[section].lock()

@@ -86,7 +86,8 @@ def arjax_runners(name: str, batch: int, modes=tuple(MODES)):
   for mode in modes:
     prec = MODES[mode]
     # prepared once per precision, as LlamaGen's bf16 weights are converted once; the sampler's own cast is then free
-    ready = jax.jit(quant.for_inference, static_argnums=(1, 2))(params, prec["compute_dtype"], prec.get("int8", False))
+    ready = jax.jit(quant.for_inference, static_argnums=(1, 2, 3))(params, prec["compute_dtype"],
+                                                                   prec.get("int8", False), opts["int8_head"])
     targets = [("tokens", tokens_fn)] + ([("image", model.sample)] if name == "var" else [])
     for what, fn in targets:
       run = lambda fn=fn, ready=ready, prec=prec: fn(ready, cond, jax.random.PRNGKey(0), **dict(opts, **prec))

@@ -97,9 +97,9 @@ def main():
   cfg, model, params = bench_sampling.build(a.config)
   extra = next_scale.SAMPLE_OPTIONS if isinstance(model, next_scale.NextScale) else None
   fn = bench_sampling.token_sampler(model, extra)
-  params = jax.jit(quant.for_inference, static_argnums=(1, 2))(params, a.compute_dtype, a.int8)
-  cond = {"label": jnp.arange(a.batch, dtype=jnp.int32) % model.num_classes}
   opts = dict(cfg.sample, compute_dtype=a.compute_dtype, int8=a.int8)
+  params = jax.jit(quant.for_inference, static_argnums=(1, 2, 3))(params, a.compute_dtype, a.int8, opts["int8_head"])
+  cond = {"label": jnp.arange(a.batch, dtype=jnp.int32) % model.num_classes}
   run = lambda: jax.block_until_ready(fn(params, cond, jax.random.PRNGKey(0), **opts))
   first, seconds = bench_sampling.time_call(run, 1)
   with jax.profiler.trace(a.trace_dir, create_perfetto_trace=True):

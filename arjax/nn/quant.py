@@ -11,7 +11,9 @@ Both are chosen by the *params*, not by flags threaded through modules: `layers.
     rescaled by (activation scale x channel scale). Decoding reads a quarter of the f32 weight bytes.
     The logits projections (Dense modules named in LOGIT_HEADS) keep the compute dtype, as weight-only int8 LLM
     schemes keep their LM head: on VAR-d16 (random weights) the greedy tokens agree with f32 on 98.2% with an int8
-    head and on 99.4% (the bf16 figure) with a bf16 one.
+    head and on 99.4% (the bf16 figure) with a bf16 one. `int8_head=True` quantises them too, for a model where
+    that was checked and pays: LlamaGen-B, whose decoding is weight-read bound (greedy tokens 100% equal to f32,
+    tokens 4.34 s instead of 4.88 s on a no-AMX Xeon, docs/inference_speed.md).
 
 `arjax.nn.conv.Conv` reads its kernel the same way: the samplers give image decoders
 `conv.for_decoding(tokenizer_params, compute_dtype)`, whose 3x3 convolutions run as row-chunked bf16 products
@@ -120,22 +122,22 @@ def quantize_kernel(w) -> Int8:
   return Int8(q=jnp.clip(jnp.round(w / scale), -127, 127).astype(jnp.int8), scale=scale)
 
 
-def _is_kernel(path, leaf, min_size) -> bool:
-  """A Dense kernel to quantise: 'kernel' of >= min_size float entries, not in a LOGIT_HEADS module."""
+def _is_kernel(path, leaf, min_size, head) -> bool:
+  """A Dense kernel to quantise: 'kernel' of >= min_size float entries, not in a LOGIT_HEADS module unless head."""
   module, name = (getattr(k, "key", None) for k in ([None, None] + list(path))[-2:])
-  return (name == "kernel" and module not in LOGIT_HEADS and getattr(leaf, "ndim", 0) >= 2
+  return (name == "kernel" and (head or module not in LOGIT_HEADS) and getattr(leaf, "ndim", 0) >= 2
           and leaf.size >= min_size and jnp.issubdtype(leaf.dtype, jnp.floating))
 
 
-def quantize(params, *, min_size: int = 4096, dtype=jnp.bfloat16):
-  """Every Dense kernel with >= min_size entries (but the logits heads) -> Int8; other float leaves cast to `dtype`
-  (None keeps them).
+def quantize(params, *, min_size: int = 4096, dtype=jnp.bfloat16, head: bool = False):
+  """Every Dense kernel with >= min_size entries (but the logits heads, unless `head`) -> Int8; other float leaves
+  cast to `dtype` (None keeps them).
   Idempotent: Int8 kernels are kept as they are."""
 
   def one(path, leaf):
     if isinstance(leaf, Int8):
       return leaf
-    if _is_kernel(path, leaf, min_size):
+    if _is_kernel(path, leaf, min_size, head):
       return quantize_kernel(leaf)
     return leaf if dtype is None else _cast_leaf(leaf, dtype)
 
@@ -158,12 +160,13 @@ def cast(params, dtype):
                       is_leaf=lambda x: isinstance(x, Int8))
 
 
-def for_inference(params, compute_dtype, int8: bool):
-  """The params a sampler runs on: int8 kernels (+ the rest in compute_dtype), or everything in compute_dtype.
-  Idempotent, so a caller that samples many times prepares them once (`params = for_inference(params, ...)`) and
-  the sampler's own call is then free (for VAR-d16 the per-call cast is 0.5 s of 7 s on 2 CPU cores)."""
+def for_inference(params, compute_dtype, int8: bool, int8_head: bool = False):
+  """The params a sampler runs on: int8 kernels (the logits heads too with int8_head, which is ignored without int8;
+  + the rest in compute_dtype), or everything in compute_dtype. Idempotent, so a caller that samples many times prepares them once
+  (`params = for_inference(params, ...)`) and the sampler's own call is then free (for VAR-d16 the per-call cast
+  is 0.5 s of 7 s on 2 CPU cores)."""
   dtype = dtype_of(compute_dtype)
-  return quantize(params, dtype=dtype) if int8 else cast(params, dtype)
+  return quantize(params, dtype=dtype, head=int8_head) if int8 else cast(params, dtype)
 
 
 def weight_bytes(params) -> int:

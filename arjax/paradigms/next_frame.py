@@ -362,7 +362,7 @@ class Stream:
     # quantised once; params and state committed to one device (else the second step compiles again)
     device = jax.local_devices()[0]
     params = nn.meta.unbox(params)  # model.init's params carry logical axis boxes
-    self.params = jax.device_put(quant.for_inference(params, dtype, opts["int8"]), device)
+    self.params = jax.device_put(quant.for_inference(params, dtype, opts["int8"], opts["int8_head"]), device)
     self.weight_bytes = quant.weight_bytes(self.params)
     self.state = model.empty_state(2 * labels.shape[0] if opts["cfg_scale"] != 1.0 else labels.shape[0],
                                    opts["max_frames"] if opts["full"] else 0,

@@ -34,7 +34,7 @@ from arjax.sampling import guidance as guidance_lib
 # accelerators and AMX CPUs, f32 on other CPUs; quant.auto_dtype) or their Dense kernels quantised to int8, KV
 # caches are held in `cache_dtype` ('auto': f32 on CPU, else the compute dtype); logits, softmax and sampling
 # stay f32.
-PRECISION = dict(compute_dtype="auto", int8=False, cache_dtype="auto")
+PRECISION = dict(compute_dtype="auto", int8=False, int8_head=False, cache_dtype="auto")
 CHUNKS = 4  # loops per run of equal units with fed_at_start (each traced and compiled on its own) ...
 CHUNK_MIN_SLOTS = 256  # ... once a cache holds this many slots (shorter: attention is cheap, compile time is not)
 
@@ -158,13 +158,13 @@ def sampler(extra: dict | None = None):
     @functools.partial(jax.jit, static_argnums=(0, 5))
     def jitted(self, params, tokenizer_params, cond, rng, static_items, temperature):
       opts = dict(static_items, temperature=temperature)
-      dtype, int8 = quant.dtype_of(opts.pop("compute_dtype")), opts.pop("int8")
+      dtype, int8, int8_head = quant.dtype_of(opts.pop("compute_dtype")), opts.pop("int8"), opts.pop("int8_head")
       cache_dtype = quant.cache_dtype_of(opts.pop("cache_dtype"), dtype)
       if tokenizer_params is not None:  # an argument, not a closed-over constant (compile time)
         self = copy.copy(self)
         self.tokenizer_params = conv_lib.for_decoding(tokenizer_params, dtype)
       with quant.compute(dtype, cache_dtype):
-        return fn(self, quant.for_inference(params, dtype, int8), cond, rng, opts)
+        return fn(self, quant.for_inference(params, dtype, int8, int8_head), cond, rng, opts)
 
     @functools.wraps(fn)
     def sample(self, params, cond, rng, **opts):

@@ -53,12 +53,17 @@ def test_quantize_keeps_small_leaves_and_counts_bytes():
 
 
 def test_quantize_keeps_logit_heads_in_the_compute_dtype():
-  """A Dense named `head` / `lm_head` (the logits) stays bf16; the same kernel under another name is int8."""
+  """A Dense named `head` / `lm_head` (the logits) stays bf16; the same kernel under another name is int8. With
+  int8_head every kernel is int8; without int8, int8_head changes nothing."""
   w = jax.random.normal(jax.random.PRNGKey(0), (64, 128))
   params = {"head": {"kernel": w}, "lm_head": {"kernel": w}, "block": {"head": {"kernel": w}, "up": {"kernel": w}}}
   q = quant.quantize(params)
   assert q["head"]["kernel"].dtype == jnp.bfloat16 and q["lm_head"]["kernel"].dtype == jnp.bfloat16
   assert q["block"]["head"]["kernel"].dtype == jnp.bfloat16 and isinstance(q["block"]["up"]["kernel"], quant.Int8)
+  with_head = quant.for_inference(params, "bfloat16", True, int8_head=True)
+  assert all(isinstance(k, quant.Int8) for k in jax.tree.leaves(with_head, is_leaf=lambda x: isinstance(x, quant.Int8)))
+  np.testing.assert_array_equal(with_head["head"]["kernel"].q, quant.quantize_kernel(w).q)
+  assert quant.for_inference(params, "bfloat16", False, int8_head=True)["head"]["kernel"].dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize("mode", ["bf16", "int8"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from arjax import cache as cache_lib
+from arjax.nn import quant
 from arjax.sampling import guidance, loop
 
 
@@ -112,3 +113,24 @@ def test_fed_at_start_runs_chunks_over_cut_caches_and_restores_them(monkeypatch)
   seen.clear()
   loop.run(loop.Steps(forward, sample, commit, fed_at_start=True), None, sizes, state, guidance.Guidance(1.0))
   assert seen == [(1, 13, 5), (3, 13, 5)]
+
+
+class _Params:
+  """A paradigm stand-in for `loop.sampler`: its sampler returns the params it is given."""
+  sample = loop.sampler()(lambda self, params, cond, rng, opts: params)
+
+
+@pytest.mark.parametrize("int8,int8_head,head_int8", [(False, False, False), (True, False, False), (True, True, True),
+                                                      (False, True, False)])
+def test_sampler_prepares_params_per_precision_options(int8, int8_head, head_int8):
+  """The sampler's params: int8 quantises the large Dense kernels but the logits head, int8_head the head too
+  (ignored without int8); the rest in compute_dtype."""
+  w = jax.random.normal(jax.random.PRNGKey(0), (64, 128))
+  params = {"head": {"kernel": w}, "block": {"up": {"kernel": w}, "norm": {"scale": jnp.ones(64)}}}
+  got = _Params().sample(params, None, jax.random.PRNGKey(0), compute_dtype="bfloat16", int8=int8,
+                         int8_head=int8_head)
+  assert isinstance(got["block"]["up"]["kernel"], quant.Int8) == int8
+  assert isinstance(got["head"]["kernel"], quant.Int8) == head_int8
+  assert got["block"]["norm"]["scale"].dtype == jnp.bfloat16
+  if not head_int8:
+    assert got["head"]["kernel"].dtype == jnp.bfloat16
