@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_sampling  # noqa: E402
 from arjax import host  # noqa: E402
 from arjax.nn import conv as conv_lib  # noqa: E402
-from arjax.nn import quant  # noqa: E402
 
 # (batch, size, in channels, out channels)
 SHAPES = [(2, 256, 160, 160), (2, 128, 320, 160), (2, 128, 320, 320), (2, 64, 320, 320), (2, 32, 640, 320),

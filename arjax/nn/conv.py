@@ -178,8 +178,9 @@ class Conv(nn.Conv):
 
 def for_decoding(tokenizer_params, compute_dtype):
   """The tokenizer params an image decode runs on: the conv kernels under a 'decoder' in compute_dtype - bf16:
-  row-chunked bf16 products; f32 on CPU: 3x3 kernels of >= WINOGRAD_MIN_CHANNELS in and out as `Winograd` (XLA:CPU's
-  f32 convolution is ~2x slower) - and everything else as it is (codebooks, the quantiser's convs: the tokens do not change). Idempotent."""
+  row-chunked bf16 products; f32 on CPU: 3x3 kernels of >= WINOGRAD_MIN_CHANNELS in and out as `Winograd`
+  (XLA:CPU's f32 convolution is ~2x slower) - and everything else as it is (codebooks, the quantiser's convs: the
+  tokens do not change). Idempotent."""
   dtype = quant.dtype_of(compute_dtype)
   use_winograd = dtype == jnp.float32 and jax.default_backend() == "cpu"
 

@@ -162,9 +162,9 @@ def cast(params, dtype):
 
 def for_inference(params, compute_dtype, int8: bool, int8_head: bool = False):
   """The params a sampler runs on: int8 kernels (the logits heads too with int8_head, which is ignored without int8;
-  + the rest in compute_dtype), or everything in compute_dtype. Idempotent, so a caller that samples many times prepares them once
-  (`params = for_inference(params, ...)`) and the sampler's own call is then free (for VAR-d16 the per-call cast
-  is 0.5 s of 7 s on 2 CPU cores)."""
+  + the rest in compute_dtype), or everything in compute_dtype. Idempotent, so a caller that samples many times
+  prepares them once (`params = for_inference(params, ...)`) and the sampler's own call is then free (for VAR-d16
+  the per-call cast is 0.5 s of 7 s on 2 CPU cores)."""
   dtype = dtype_of(compute_dtype)
   return quantize(params, dtype=dtype, head=int8_head) if int8 else cast(params, dtype)
 

@@ -191,7 +191,8 @@ def test_winograd_decoder_equals_f32_reference(monkeypatch, layout):
   z = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 5))
   params = dec.init(jax.random.PRNGKey(3), z)["params"]
   calls = []
-  monkeypatch.setattr(conv_lib, "winograd_conv3x3", lambda x, u, f=conv_lib.winograd_conv3x3: calls.append(1) or f(x, u))
+  counted = lambda x, u, f=conv_lib.winograd_conv3x3: calls.append(1) or f(x, u)
+  monkeypatch.setattr(conv_lib, "winograd_conv3x3", counted)
   got = dec.apply({"params": conv_lib.for_decoding({"decoder": params}, "float32")["decoder"]}, z)
   want = Reference(params, cfg.groups).decoder(z, cfg, blocks_per_level, upsample_width)
   n_3x3 = sum(1 for k, v in traverse_util.flatten_dict(params).items() if k[-1] == "kernel" and v.shape[:2] == (3, 3))
