@@ -7,6 +7,8 @@ index slot s holds (-1: empty), so attention masks by cached *sequence indices*,
   * contiguous (window=None): index i lives at slot i (S = the longest sequence);
   * ring with sink (S = sink + window): indices [0, sink) keep slots [0, sink) forever; index
     i >= sink lives at slot sink + (i - sink) % window, so the cache holds sink ∪ the last window.
+A layer's keys / values are an array in the cache's dtype, or an `Int8Layer` (dtype int8: q [B, G, S, D] with
+one f32 scale per slot and head [B, G, S], absmax / 127 over D, quantised as each token is written).
 Feeding L tokens writes indices end_B + [0, L) (`write`, per row) and `advance` moves end_B by L.
 While every row is at the same end (`aligned`, static), writes are one dynamic_update_slice and
 attention evaluates one mask row for the batch; `truncate` clears it (a decoder that truncates inside a lax
@@ -22,10 +24,28 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from arjax.nn import quant
+
+
+@flax.struct.dataclass
+class Int8Layer(quant.Int8):
+  """One layer's int8 keys or values: q int8 [B, G, S, D] ~= values / scale, scale f32 [B, G, S], one per vector
+  over D (kept without a trailing size-1 axis: with one, XLA:CPU copied every layer's scales at each decode step)."""
+
+  def values(self):
+    """The f32 values the layer holds [B, G, S, D]."""
+    return self.q.astype(jnp.float32) * self.scale[..., None]
+
+
+def quantize_layer(x) -> Int8Layer:
+  """Values [..., D] -> Int8Layer (symmetric, one scale per vector over D)."""
+  x8 = quant.symmetric(x, (-1,))
+  return Int8Layer(q=x8.q, scale=x8.scale[..., 0])
+
 
 @flax.struct.dataclass
 class KVCache:
-  k: tuple  # per layer [B, G, S, D]
+  k: tuple  # per layer [B, G, S, D]: an array, or an Int8Layer for an int8 cache
   v: tuple
   pos_BS: jax.Array  # int32 sequence index held by each slot; -1 = empty
   end_B: jax.Array  # int32 [B]: tokens written per row = sequence index of the next token
@@ -49,10 +69,27 @@ def init(depth: int, batch: int, length: int, kv_heads: int, head_dim: int, dtyp
   if window is not None and sink + window >= length:
     window, sink = None, 0  # nothing would ever be evicted: contiguous is the same cache
   size = length if window is None else sink + window
-  zeros = lambda: jnp.zeros((batch, kv_heads, size, head_dim), dtype)
+  zeros = lambda: empty_layer((batch, kv_heads, size, head_dim), dtype)
   return KVCache(k=tuple(zeros() for _ in range(depth)), v=tuple(zeros() for _ in range(depth)),
                  pos_BS=jnp.full((batch, size), -1, jnp.int32), end_B=jnp.zeros((batch,), jnp.int32),
                  window=window, sink=sink)
+
+
+def empty_layer(shape, dtype):
+  """One layer's zero keys or values [B, G, S, D] in `dtype` (int8: an Int8Layer with unit scales)."""
+  if jnp.dtype(dtype) == jnp.int8:
+    return Int8Layer(q=jnp.zeros(shape, jnp.int8), scale=jnp.ones(shape[:-1], jnp.float32))
+  return jnp.zeros(shape, dtype)
+
+
+def astype(cache: KVCache, dtype) -> KVCache:
+  """The cache with its layers held in `dtype` (float <-> float casts; to int8 by quantising each slot and head)."""
+  def one(layer):
+    if jnp.dtype(layer.dtype) == jnp.dtype(dtype):
+      return layer
+    values = layer.values() if isinstance(layer, Int8Layer) else layer
+    return quantize_layer(values) if jnp.dtype(dtype) == jnp.int8 else values.astype(dtype)
+  return cache.replace(k=tuple(one(a) for a in cache.k), v=tuple(one(a) for a in cache.v))
 
 
 def slots(cache: KVCache, idx_BL):
@@ -86,9 +123,13 @@ def write(cache: KVCache, layer_k, layer_v, k_BLGD, v_BLGD):
 
 
 def _in_place(put, buf, new):
-  """put(buf, new in buf's dtype). On CPU a 16-bit float cache is written as its uint16 bit pattern: XLA:CPU
-  runs a bf16 dynamic-update-slice or scatter in f32, converting the whole cache there and back at every write
-  (VAR-d16: 0.7 ms a write, 0.2 s a sample; docs/inference_speed.md), while the bits are written in place."""
+  """put(buf, new in buf's dtype); an Int8Layer gets the new tokens quantised (q and scale put alike). On CPU a
+  16-bit float cache is written as its uint16 bit pattern: XLA:CPU runs a bf16 dynamic-update-slice or scatter
+  in f32, converting the whole cache there and back at every write (VAR-d16: 0.7 ms a write, 0.2 s a sample;
+  docs/inference_speed.md), while the bits are written in place."""
+  if isinstance(buf, Int8Layer):
+    new = quantize_layer(new)  # q [B, L, G, D], scale [B, L, G]: `put` writes either along the slot axis
+    return Int8Layer(q=put(buf.q, new.q), scale=put(buf.scale, new.scale))
   new = new.astype(buf.dtype)
   if jax.default_backend() != "cpu" or buf.dtype.itemsize != 2:
     return put(buf, new)
@@ -116,12 +157,12 @@ def resize(cache: KVCache, size: int) -> KVCache:
     return cache
   if size < cache.size:
     cut = lambda a, axis: jax.lax.slice_in_dim(a, 0, size, axis=axis)
-    return cache.replace(k=tuple(cut(a, 2) for a in cache.k), v=tuple(cut(a, 2) for a in cache.v),
+    return cache.replace(k=jax.tree.map(lambda a: cut(a, 2), cache.k), v=jax.tree.map(lambda a: cut(a, 2), cache.v),
                          pos_BS=cut(cache.pos_BS, 1))
   pad = lambda a, axis, value: jnp.pad(a, [(0, size - cache.size if i == axis else 0) for i in range(a.ndim)],
                                        constant_values=value)
-  return cache.replace(k=tuple(pad(a, 2, 0) for a in cache.k), v=tuple(pad(a, 2, 0) for a in cache.v),
-                       pos_BS=pad(cache.pos_BS, 1, -1))
+  return cache.replace(k=jax.tree.map(lambda a: pad(a, 2, 0), cache.k),
+                       v=jax.tree.map(lambda a: pad(a, 2, 0), cache.v), pos_BS=pad(cache.pos_BS, 1, -1))
 
 
 def truncate(cache: KVCache, end_B) -> KVCache:

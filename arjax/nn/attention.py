@@ -1,7 +1,8 @@
 """Masked multi-head attention with an implementation switch.
 
 `impl="xla"` is the jnp reference (runs everywhere); `impl="pallas"` calls kernels_pallas; `"auto"`
-uses Pallas on TPU where the kernels support the combination and XLA elsewhere. An explicit
+uses Pallas on TPU where the kernels support the combination, on CPU the C++ decode kernel
+(`arjax.nn.cpu_attention`) for cached attention with few query rows, and XLA elsewhere. An explicit
 `"pallas"` request that cannot be served raises at trace time saying why.
 
 Two entry points: `attention` (no cache: keys are the queries' sequence, a static query offset, the
@@ -10,10 +11,14 @@ indices, -1 = empty; the mask is evaluated on sequence indices, per row).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arjax import cache as cache_lib
+from arjax.nn import cpu_attention
 from kernels_pallas import masks as masks_lib
 
 IMPLS = ("auto", "xla", "pallas")
@@ -35,19 +40,16 @@ def xla_attention(q_BQHD, k_BGKD, v_BGKD, mask, *, q_idx_BQ=None, k_idx_BK=None,
   """Reference attention over explicit sequence indices (default arange; batch dim may be 1;
   keys with index < 0 are empty); keys and values head-major [B, G, K, D], as the KV cache holds them.
   mask=None: every query sees every key. Fully masked rows are zeros."""
+  k_BGKD, v_BGKD = (a.values() if isinstance(a, cache_lib.Int8Layer) else a for a in (k_BGKD, v_BGKD))
   b, lq, h, d = q_BQHD.shape
   g, lk = k_BGKD.shape[1], k_BGKD.shape[2]
-  if h % g:
-    raise ValueError(f"query heads {h} must be a multiple of kv heads {g}")
   q_idx_BQ = jnp.arange(lq, dtype=jnp.int32)[None] if q_idx_BQ is None else jnp.asarray(q_idx_BQ)
   k_idx_BK = jnp.arange(lk, dtype=jnp.int32)[None] if k_idx_BK is None else jnp.asarray(k_idx_BK)
-  scale = d ** -0.5 if sm_scale is None else sm_scale
   r = h // g
   # Query heads of a group fold into the query axis (m = r * lq): two plain [B, G] batched products with the
   # keys minor in the logits, and the scale applied to q, not to the [M, K] logits (on XLA:CPU the 5-D
   # 'bqgrd,bgkd->bgrqk' form with scaled logits was ~1.7x slower: scripts/bench_xla_attention.py).
-  q_BGMD = (q_BQHD * scale).astype(k_BGKD.dtype)  # a bf16 cache: bf16 operands, f32 accumulation
-  q_BGMD = q_BGMD.reshape(b, lq, g, r, d).transpose(0, 2, 3, 1, 4).reshape(b, g, r * lq, d)
+  q_BGMD = _fold_heads(q_BQHD, g, sm_scale).astype(k_BGKD.dtype)  # a bf16 cache: bf16 operands, f32 accumulation
   logits = jnp.einsum("bgmd,bgkd->bgmk", q_BGMD, k_BGKD, preferred_element_type=jnp.float32)
   if mask is not None:  # None: every key is visible to every query (no select pass over the logits)
     allowed_BQK = mask.allowed(q_idx_BQ, k_idx_BK) & (k_idx_BK >= 0)[:, None, :]
@@ -61,7 +63,22 @@ def xla_attention(q_BQHD, k_BGKD, v_BGKD, mask, *, q_idx_BQ=None, k_idx_BK=None,
   denom = p.sum(-1, keepdims=True, dtype=jnp.float32)
   out = jnp.einsum("bgmk,bgkd->bgmd", p, v_BGKD, preferred_element_type=jnp.float32)
   out = out / jnp.where(denom == 0, 1.0, denom)
-  return out.reshape(b, g, r, lq, d).transpose(0, 3, 1, 2, 4).reshape(b, lq, h, d).astype(q_BQHD.dtype)
+  return _unfold_heads(out, lq).astype(q_BQHD.dtype)
+
+
+def _fold_heads(q_BQHD, kv_heads: int, sm_scale=None):
+  """Scaled queries [B, Q, H, D] -> [B, G, M, D]: the H / G query heads of a kv group fold into m = r * Q + q."""
+  b, lq, h, d = q_BQHD.shape
+  if h % kv_heads:
+    raise ValueError(f"query heads {h} must be a multiple of kv heads {kv_heads}")
+  q_BQHD = q_BQHD * (d ** -0.5 if sm_scale is None else sm_scale)
+  return q_BQHD.reshape(b, lq, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, -1, d)
+
+
+def _unfold_heads(out_BGMD, lq: int):
+  """_fold_heads' layout back: [B, G, M, D] -> [B, Q, H, D]."""
+  b, g, m, d = out_BGMD.shape
+  return out_BGMD.reshape(b, g, m // lq, lq, d).transpose(0, 3, 1, 2, 4).reshape(b, lq, -1, d)
 
 
 def _dispatch(impl, reason, mask, q, k, xla, pallas):
@@ -121,6 +138,57 @@ def cached_attention(q_BQHD, k_BGSD, v_BGSD, mask, q_idx_BQ, pos_BS, *, window=N
     return kernels_pallas.decode_attention(q_BQHD, k_BGSD, v_BGSD, lengths_B, window=window, sink=sink,
                                            causal=not whole_unit, sm_scale=sm_scale)
 
-  xla = lambda: xla_attention(q_BQHD, k_BGSD, v_BGSD, None if whole_unit and filled else mask, q_idx_BQ=q_idx_BQ,
-                              k_idx_BK=pos_BS, sm_scale=sm_scale)
+  seen = None if whole_unit and filled else mask
+  xla = lambda: xla_attention(q_BQHD, k_BGSD, v_BGSD, seen, q_idx_BQ=q_idx_BQ, k_idx_BK=pos_BS, sm_scale=sm_scale)
+  if impl == "auto" and _cpu_serves(mask, whole_unit, q_BQHD, k_BGSD, v_BGSD):
+    return _cpu_cached(seen, whole_unit, sm_scale, q_BQHD, k_BGSD, v_BGSD, q_idx_BQ, pos_BS)
+  if isinstance(k_BGSD, cache_lib.Int8Layer) and impl == "pallas":
+    raise ValueError("attention impl='pallas' cannot serve an int8 KV cache (XLA dequantises it, the CPU kernel "
+                     "reads it)")
   return _dispatch(impl, reason, mask, q_BQHD, k_BGSD, xla, pallas)
+
+
+def _cpu_serves(mask, whole_unit, q_BQHD, k_BGSD, v_BGSD) -> bool:
+  """Whether the CPU decode kernel takes this call: causal masks or whole units, few query rows per kv head, head
+  dim <= 256."""
+  rows = q_BQHD.shape[1] * q_BQHD.shape[2] // k_BGSD.shape[1]
+  masked = whole_unit or (isinstance(mask, masks_lib.Causal) and not is_runtime(mask))
+  dtypes = {jnp.dtype(k_BGSD.dtype), jnp.dtype(v_BGSD.dtype)} <= set(cpu_attention.TARGETS)
+  small = rows <= cpu_attention.MAX_ROWS and q_BQHD.shape[-1] <= cpu_attention.MAX_HEAD_DIM
+  return masked and dtypes and small and cpu_attention.available()
+
+
+def _cpu_forward(whole_unit, sm_scale, q_BQHD, k_BGSD, v_BGSD, q_idx_BQ, pos_BS):
+  lq, g = q_BQHD.shape[1], k_BGSD.shape[1]
+  q_BGMD = _fold_heads(q_BQHD.astype(jnp.float32), g, sm_scale)
+  rows = q_BGMD.shape[2] // lq
+  if whole_unit:  # the unit sees every written slot
+    limit_BM = jnp.full((1, q_BGMD.shape[2]), jnp.iinfo(jnp.int32).max, jnp.int32)
+  else:  # causal: slots holding indices <= the query's own
+    q_idx_BQ = jnp.asarray(q_idx_BQ, jnp.int32)
+    limit_BM = jnp.broadcast_to(q_idx_BQ[:, None], (q_idx_BQ.shape[0], rows, lq)).reshape(q_idx_BQ.shape[0], -1)
+  int8 = isinstance(k_BGSD, cache_lib.Int8Layer)
+  parts = lambda a: (a.q, a.scale) if int8 else (a, None)
+  (k, k_scale), (v, v_scale) = parts(k_BGSD), parts(v_BGSD)
+  out = cpu_attention.decode_attention(q_BGMD, k, v, pos_BS, limit_BM, k_scale, v_scale)
+  return _unfold_heads(out, lq).astype(q_BQHD.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _cpu_cached(mask, whole_unit, sm_scale, q_BQHD, k_BGSD, v_BGSD, q_idx_BQ, pos_BS):
+  """The CPU kernel forward; its gradients are xla_attention's (LongLive's long tuning trains through a cache)."""
+  return _cpu_forward(whole_unit, sm_scale, q_BQHD, k_BGSD, v_BGSD, q_idx_BQ, pos_BS)
+
+
+def _cpu_cached_fwd(mask, whole_unit, sm_scale, q_BQHD, k_BGSD, v_BGSD, q_idx_BQ, pos_BS):
+  out = _cpu_forward(whole_unit, sm_scale, q_BQHD, k_BGSD, v_BGSD, q_idx_BQ, pos_BS)
+  return out, (q_BQHD, k_BGSD, v_BGSD, q_idx_BQ, pos_BS)
+
+
+def _cpu_cached_bwd(mask, whole_unit, sm_scale, res, g_BQHD):
+  q_BQHD, k_BGSD, v_BGSD, q_idx_BQ, pos_BS = res
+  ref = lambda q, k, v: xla_attention(q, k, v, mask, q_idx_BQ=q_idx_BQ, k_idx_BK=pos_BS, sm_scale=sm_scale)
+  return (*jax.vjp(ref, q_BQHD, k_BGSD, v_BGSD)[1](g_BQHD), None, None)
+
+
+_cpu_cached.defvjp(_cpu_cached_fwd, _cpu_cached_bwd)

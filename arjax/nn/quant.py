@@ -42,7 +42,8 @@ _COMPUTE = contextvars.ContextVar("arjax_compute_dtype", default=None)
 
 @flax.struct.dataclass
 class Int8:
-  """A quantised kernel: q int8 [..., N] and scale f32 [1, ..., 1, N]; w ~= q * scale."""
+  """Symmetric int8 values: q int8 and scale f32 broadcasting against it; w ~= q * scale. A Dense kernel:
+  q [..., N], scale [1, ..., 1, N]."""
   q: jax.Array
   scale: jax.Array
 
@@ -57,6 +58,10 @@ class Int8:
   @property
   def dtype(self):
     return self.q.dtype
+
+  def values(self):
+    """The f32 values held (q * scale)."""
+    return self.q.astype(jnp.float32) * self.scale
 
 
 def auto_dtype() -> jnp.dtype:
@@ -78,19 +83,23 @@ def dtype_of(name) -> jnp.dtype:
   return jnp.dtype(DTYPES[name])
 
 
+CACHE_DTYPES = {**DTYPES, "int8": jnp.int8}
+
+
 def cache_dtype_of(name, compute_dtype) -> jnp.dtype:
   """`sample.cache_dtype` -> the KV caches' dtype. 'auto': float32 on CPU, where XLA has no fast bf16
   matrix-vector product (decoding over a 1024-token bf16 cache is 2.5x slower than over an f32 one,
   docs/inference_speed.md), else the compute dtype (half the cache bytes on TPU / GPU). 'compute': the compute
   dtype on every backend, for samplers whose units attend with many query rows at once (VAR's scales: a bf16
-  cache is faster on CPU too)."""
+  cache is faster on CPU too). 'int8': per-slot, per-head symmetric int8 (a quarter of the f32 bytes), which the
+  CPU decode kernel (arjax.nn.cpu_attention) reads without converting the cache; elsewhere XLA dequantises it."""
   if name == "auto":
     return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" else jnp.dtype(compute_dtype)
   if name == "compute":
     return jnp.dtype(compute_dtype)
-  if name not in DTYPES:
-    raise ValueError(f"sample.cache_dtype must be 'auto', 'compute' or one of {sorted(DTYPES)}, got {name!r}")
-  return jnp.dtype(DTYPES[name])
+  if name not in CACHE_DTYPES:
+    raise ValueError(f"sample.cache_dtype must be 'auto', 'compute' or one of {sorted(CACHE_DTYPES)}, got {name!r}")
+  return jnp.dtype(CACHE_DTYPES[name])
 
 
 @contextlib.contextmanager
@@ -114,12 +123,18 @@ def current_cache():
   return (_COMPUTE.get() or (None, None))[1]
 
 
+def symmetric(x, axes) -> Int8:
+  """Symmetric int8 with one scale (absmax / 127 over `axes`, kept as size-1 axes) per slice; all-zero slices
+  get scale 1."""
+  x = jnp.asarray(x, jnp.float32)
+  amax = jnp.max(jnp.abs(x), axis=tuple(axes), keepdims=True)
+  scale = jnp.where(amax > 0, amax / 127.0, 1.0)
+  return Int8(q=jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8), scale=scale)
+
+
 def quantize_kernel(w) -> Int8:
   """Symmetric int8 with one scale per last-axis channel (absmax / 127 over every other axis)."""
-  w = jnp.asarray(w, jnp.float32)
-  amax = jnp.max(jnp.abs(w), axis=tuple(range(w.ndim - 1)), keepdims=True)
-  scale = jnp.where(amax > 0, amax / 127.0, 1.0)
-  return Int8(q=jnp.clip(jnp.round(w / scale), -127, 127).astype(jnp.int8), scale=scale)
+  return symmetric(w, range(jnp.ndim(w) - 1))
 
 
 def _is_kernel(path, leaf, min_size, head) -> bool:
@@ -146,8 +161,8 @@ def quantize(params, *, min_size: int = 4096, dtype=jnp.bfloat16, head: bool = F
 
 def dequantize(params, dtype=jnp.float32):
   """Int8 kernels back to `dtype` (q * scale); other leaves unchanged."""
-  return jax.tree.map(lambda x: (x.q.astype(jnp.float32) * x.scale).astype(dtype) if isinstance(x, Int8) else x,
-                      params, is_leaf=lambda x: isinstance(x, Int8))
+  return jax.tree.map(lambda x: x.values().astype(dtype) if isinstance(x, Int8) else x, params,
+                      is_leaf=lambda x: isinstance(x, Int8))
 
 
 def _cast_leaf(x, dtype):
@@ -189,14 +204,11 @@ def _int8_dot(lhs, rhs: Int8, dimension_numbers):
     raise ValueError("int8 kernels take no batch dimensions")
   if any(rhs.scale.shape[a] != 1 for a in rc):
     raise ValueError(f"int8 kernel scale {rhs.scale.shape} varies along contracted axes {rc}")
-  x = lhs.astype(jnp.float32)
-  amax = jnp.max(jnp.abs(x), axis=tuple(lc), keepdims=True)
-  x_scale = jnp.where(amax > 0, amax / 127.0, 1.0)
-  xq = jnp.clip(jnp.round(x / x_scale), -127, 127).astype(jnp.int8)
-  acc = jax.lax.dot_general(xq, rhs.q, dimension_numbers, preferred_element_type=jnp.int32)
+  x = symmetric(lhs, lc)
+  acc = jax.lax.dot_general(x.q, rhs.q, dimension_numbers, preferred_element_type=jnp.int32)
   free_lhs = [a for a in range(lhs.ndim) if a not in lc]
   free_rhs = [a for a in range(rhs.ndim) if a not in rc]
-  x_s = x_scale.reshape([lhs.shape[a] for a in free_lhs] + [1] * len(free_rhs))
+  x_s = x.scale.reshape([lhs.shape[a] for a in free_lhs] + [1] * len(free_rhs))
   w_s = rhs.scale.reshape([rhs.scale.shape[a] for a in free_rhs])
   return acc.astype(jnp.float32) * x_s * w_s
 

@@ -127,7 +127,8 @@ class Attention(nn.Module):
         q_idx_BQ, pos_BS = q_idx_BQ[:1], pos_BS[:1]
       k_all, v_all = new_layer
       if static_end is not None:  # only the written prefix of the slots is read
-        k_all, v_all, pos_BS = k_all[:, :, :static_end], v_all[:, :, :static_end], pos_BS[:, :static_end]
+        k_all, v_all = jax.tree.map(lambda a: a[:, :, :static_end], (k_all, v_all))
+        pos_BS = pos_BS[:, :static_end]
       out = attn_lib.cached_attention(q, k_all, v_all, mask, q_idx_BQ, pos_BS, window=cache.window, sink=cache.sink,
                                       whole_unit=whole_unit, filled=static_end is not None, sm_scale=sm_scale,
                                       impl=c.impl)

@@ -406,7 +406,7 @@ class Stream:
   def cache_bytes(self, allocated: bool = False) -> int:
     """Bytes of keys/values the cache holds (slots holding a token; allocated=True: all slots)."""
     cache = self.state.cache
-    per_slot = sum(a.nbytes for a in cache.k + cache.v) // cache.size
+    per_slot = sum(a.nbytes for a in jax.tree.leaves((cache.k, cache.v))) // cache.size
     return per_slot * (cache.size if allocated else int(jnp.max(jnp.sum(cache.pos_BS >= 0, 1))))
 
 

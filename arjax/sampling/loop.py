@@ -81,7 +81,10 @@ def init_state(out, feed, cache, batch: int, rng) -> State:
   """The loop's first state; inside a `sampler` the cache is cast to its `cache_dtype`."""
   dtype = quant.current_cache()
   if dtype is not None and cache is not None:
-    cache = quant.cast(cache, dtype)
+    is_kv = lambda x: isinstance(x, cache_lib.KVCache)
+    floating = jnp.issubdtype(dtype, jnp.floating)
+    cache = jax.tree.map(lambda c: cache_lib.astype(c, dtype) if is_kv(c) else quant.cast(c, dtype) if floating else c,
+                         cache, is_leaf=is_kv)
   return State(out=out, feed=feed, cache=cache, done_B=jnp.zeros((batch,), bool), rng=rng)
 
 

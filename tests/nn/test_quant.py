@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from arjax import cache as cache_lib
 from arjax.nn import layers
 from arjax.nn import quant
 
@@ -114,6 +115,12 @@ def test_cache_dtype_option_reaches_the_sampler_cache():
       state = loop.init_state(None, None, {"k": jnp.zeros((2, 3))}, 2, jax.random.PRNGKey(0))
       assert quant.current() == jnp.bfloat16 and state.cache["k"].dtype == jnp.dtype(name)
   assert quant.current() is None and quant.current_cache() is None
+  # int8: a KV cache's layers become Int8Layers; other float leaves of the cache pytree are left as they are
+  with quant.compute(jnp.float32, quant.cache_dtype_of("int8", jnp.float32)):
+    kv = cache_lib.init(depth=2, batch=2, length=4, kv_heads=1, head_dim=8)
+    state = loop.init_state(None, None, {"kv": kv, "h": jnp.ones((2, 3))}, 2, jax.random.PRNGKey(0))
+  assert all(isinstance(a, cache_lib.Int8Layer) for a in state.cache["kv"].k + state.cache["kv"].v)
+  assert state.cache["h"].dtype == jnp.float32
 
 
 @pytest.mark.parametrize("int8", [False, True])

@@ -1,0 +1,219 @@
+// Decode attention over a KV cache on CPU, as an XLA FFI custom call (arjax/nn/cpu_attention.py builds and
+// registers it; the reference is arjax.nn.attention.xla_attention).
+//
+// For each (row b, kv head g): M query rows q [M, D] (pre-scaled) against S cache slots k, v [S, D] held as f32,
+// bf16 or int8 (int8: one f32 scale per slot, w = q * scale). Slot s holds sequence index pos[b, s] (-1: empty);
+// query row m sees the slots with 0 <= pos <= limit[b, m]. Softmax in f32; a row that sees nothing is zeros.
+// Two passes over the cache (logits, then values), each slot read once; the (b, g) pairs are shared among the
+// XLA:CPU intra-op threads. XLA's own products read an f32 cache at memory speed but a bf16 / int8 one at a
+// third of it (converted element by element); here the conversion is fused into the read.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+inline float to_f32(float x) { return x; }
+inline float to_f32(int8_t x) { return static_cast<float>(x); }
+inline float to_f32(uint16_t x) {  // bf16 bits: the high half of an f32
+  const uint32_t bits = static_cast<uint32_t>(x) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// exp(x) for x <= 0 (relative error ~2e-7): 2^n * p(r), r = x - n ln 2, written so that loops over it vectorize.
+inline float exp_nonpositive(float x) {
+  x = x < -87.f ? -87.f : x;
+  const float n = __builtin_roundf(x * 1.44269504f);
+  const float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+  float p = 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  int32_t bits;
+  std::memcpy(&bits, &p, 4);
+  bits += static_cast<int32_t>(n) << 23;
+  std::memcpy(&p, &bits, 4);
+  return p;
+}
+
+struct Pair {  // one (row, kv head): pointers into the buffers and their sizes
+  const float* q;  // [M, D]
+  const void* k;   // [S, D]
+  const float* k_scale;  // [S] or nullptr (float caches)
+  const void* v;
+  const float* v_scale;
+  const int32_t* pos;    // [S]
+  const int32_t* limit;  // [M]
+  float* out;            // [M, D]
+  int64_t M, S;
+};
+
+constexpr int64_t kMaxHeadDim = 256;
+
+inline bool seen(int32_t pos, int32_t limit) { return pos >= 0 && pos <= limit; }
+
+// Software prefetch of the slot `kAhead` slots on (the hardware prefetcher stops at 4 KB page boundaries, and a
+// pair's keys or values span 16-64 of them).
+constexpr int64_t kAhead = 16;
+template <typename T>
+inline void prefetch_slot(const T* slot, int64_t D) {
+  const char* bytes = reinterpret_cast<const char*>(slot);
+  for (int64_t b = 0; b < D * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(bytes + b);
+}
+
+// DK: the head dim when known at compile time (the slot loops unroll), 0 for any (<= kMaxHeadDim). Each query
+// row streams the pair's keys, then its values (a pair's [S, D] stays in L2 for the next row), with its query
+// and output accumulator in registers.
+template <typename T, int64_t DK>
+void attend(const Pair& p, int64_t head_dim, float* logits /* [S] */) {
+  const int64_t D = DK ? DK : head_dim, S = p.S;
+  const T* __restrict k = static_cast<const T*>(p.k);
+  const T* __restrict v = static_cast<const T*>(p.v);
+  for (int64_t m = 0; m < p.M; ++m) {
+    const int32_t limit = p.limit[m];
+    float q[DK ? DK : kMaxHeadDim], acc[DK ? DK : kMaxHeadDim];
+    for (int64_t d = 0; d < D; ++d) q[d] = p.q[m * D + d], acc[d] = 0.f;
+    for (int64_t s = 0; s < S; ++s) {  // logits of every slot (no branch: masked below)
+      const T* k_s = k + s * D;
+      if (s + kAhead < S) prefetch_slot(k_s + kAhead * D, D);
+      float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t d = 0; d < D; ++d) dot += q[d] * to_f32(k_s[d]);
+      logits[s] = dot;
+    }
+    if (p.k_scale) {
+#pragma omp simd
+      for (int64_t s = 0; s < S; ++s) logits[s] *= p.k_scale[s];
+    }
+    float top = -3.0e38f;
+#pragma omp simd reduction(max : top)
+    for (int64_t s = 0; s < S; ++s) top = seen(p.pos[s], limit) && logits[s] > top ? logits[s] : top;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t s = 0; s < S; ++s) {
+      const float e = seen(p.pos[s], limit) ? exp_nonpositive(logits[s] - top) : 0.f;
+      logits[s] = e;
+      sum += e;
+    }
+    for (int64_t s = 0; s < S; ++s) {  // the values, weighted
+      const T* v_s = v + s * D;
+      if (s + kAhead < S) prefetch_slot(v_s + kAhead * D, D);
+      if (logits[s] == 0.f) continue;
+      const float w = logits[s] * (p.v_scale ? p.v_scale[s] : 1.f);
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) acc[d] += w * to_f32(v_s[d]);
+    }
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    for (int64_t d = 0; d < D; ++d) p.out[m * D + d] = acc[d] * inv;
+  }
+}
+
+template <typename T>
+void attend_any(const Pair& p, int64_t head_dim, float* logits) {
+  if (head_dim == 64) return attend<T, 64>(p, head_dim, logits);
+  if (head_dim == 128) return attend<T, 128>(p, head_dim, logits);
+  attend<T, 0>(p, head_dim, logits);
+}
+
+// Runs fn(i) for i in [0, n) on the calling thread and (parallel) the pool's others; returns when all are done.
+// Work is claimed from a shared counter, so a task the pool starts late finds nothing left and the caller never
+// waits for a task that has not started.
+template <typename F>
+void parallel_for(ffi::ThreadPool& pool, int64_t n, bool parallel, F fn) {
+  struct Counters {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto c = std::make_shared<Counters>();
+  auto work = [c, n, fn]() {
+    fn.begin();
+    for (int64_t i; (i = c->next.fetch_add(1)) < n;) {
+      fn(i);
+      c->done.fetch_add(1);
+    }
+  };
+  const int64_t helpers = parallel ? std::min<int64_t>(pool.num_threads(), n) - 1 : 0;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work]() { work(); });
+  work();
+  while (c->done.load() < n) std::this_thread::yield();
+}
+
+template <typename T>
+struct PairTask {
+  const float *q, *k_scale, *v_scale;
+  const T *k, *v;
+  const int32_t *pos, *limit;
+  float* out;
+  int64_t G, M, S, D, pos_stride, limit_stride;
+  mutable std::vector<float> logits;
+  void begin() const { logits.resize(S); }
+  void operator()(int64_t i) const {  // i = b * G + g
+    const int64_t b = i / G;
+    const Pair p{q + i * M * D, k + i * S * D, k_scale ? k_scale + i * S : nullptr, v + i * S * D,
+                 v_scale ? v_scale + i * S : nullptr, pos + b * pos_stride, limit + b * limit_stride,
+                 out + i * M * D, M, S};
+    attend_any<T>(p, D, logits.data());
+  }
+};
+
+template <ffi::DataType DT, typename T>
+ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<DT> k, ffi::Buffer<ffi::F32> k_scale,
+                ffi::Buffer<DT> v, ffi::Buffer<ffi::F32> v_scale, ffi::Buffer<ffi::S32> pos,
+                ffi::Buffer<ffi::S32> limit, ffi::ResultBuffer<ffi::F32> out) {
+  const auto qd = q.dimensions(), kd = k.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || v.dimensions().size() != 4) {
+    return ffi::Error::InvalidArgument("q [B, G, M, D], k and v [B, G, S, D] expected");
+  }
+  const int64_t B = qd[0], G = qd[1], M = qd[2], D = qd[3], S = kd[2];
+  if (D > kMaxHeadDim) return ffi::Error::InvalidArgument("head dim > 256");
+  if (kd[0] != B || kd[1] != G || kd[3] != D || !std::equal(kd.begin(), kd.end(), v.dimensions().begin())) {
+    return ffi::Error::InvalidArgument("k and v must be [B, G, S, D] with q's B, G and D");
+  }
+  const auto count = [](const auto& buffer) { return static_cast<int64_t>(buffer.element_count()); };
+  const bool scaled = count(k_scale) == B * G * S;
+  if ((!scaled && count(k_scale) != 1) || count(v_scale) != count(k_scale)) {
+    return ffi::Error::InvalidArgument("k_scale / v_scale must be [B, G, S] (int8) or one element (float)");
+  }
+  const int64_t pos_rows = count(pos) / S, limit_rows = count(limit) / M;
+  if ((pos_rows != 1 && pos_rows != B) || count(pos) != pos_rows * S || (limit_rows != 1 && limit_rows != B) ||
+      count(limit) != limit_rows * M) {
+    return ffi::Error::InvalidArgument("pos must be [B or 1, S] and limit [B or 1, M]");
+  }
+  PairTask<T> task{q.typed_data(), scaled ? k_scale.typed_data() : nullptr,
+                   scaled ? v_scale.typed_data() : nullptr, reinterpret_cast<const T*>(k.untyped_data()),
+                   reinterpret_cast<const T*>(v.untyped_data()), pos.typed_data(), limit.typed_data(),
+                   out->typed_data(), G, M, S, D, pos_rows == 1 ? 0 : S, limit_rows == 1 ? 0 : M, {}};
+  // Below ~256k cache elements a call is a few microseconds of work, less than handing pairs to another thread.
+  parallel_for(pool, B * G, B * G * S * D >= (int64_t{1} << 18), task);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define ARJAX_BIND(DT)                                                                                      \
+  ffi::Ffi::Bind()                                                                                          \
+      .Ctx<ffi::ThreadPool>()                                                                               \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                                         \
+      .Arg<ffi::Buffer<DT>>()                                                                               \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                                         \
+      .Arg<ffi::Buffer<DT>>()                                                                               \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                                         \
+      .Arg<ffi::Buffer<ffi::S32>>()                                                                         \
+      .Arg<ffi::Buffer<ffi::S32>>()                                                                         \
+      .Ret<ffi::Buffer<ffi::F32>>()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ArjaxDecodeAttentionF32, (Impl<ffi::F32, float>), ARJAX_BIND(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ArjaxDecodeAttentionBF16, (Impl<ffi::BF16, uint16_t>), ARJAX_BIND(ffi::BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ArjaxDecodeAttentionS8, (Impl<ffi::S8, int8_t>), ARJAX_BIND(ffi::S8));
