@@ -199,3 +199,15 @@ def test_skip_window_sink_views_agree_and_match_the_definition():
       want = (not k_noised and kb <= qb and near) if not q_noised else (
           (k_noised and kb == qb) or (not k_noised and kb < qb and near))
       assert d[q, k] == want
+
+
+def test_int8_kv_stream_holds_a_quarter_of_the_bytes_and_tracks_f32(model, params):
+  """cache_dtype='int8': the ring holds int8 keys / values with one f32 scale per slot and head ((D + 4) / 4D of
+  the f32 bytes) and streams the same frames as the f32 cache up to int8 rounding."""
+  stream = lambda **opts: model.stream(params, jnp.asarray([0, 3]), jax.random.PRNGKey(0), steps=2,
+                                      compute_dtype="float32", **opts)  # a stream donates its state's buffers
+  f32, int8 = stream(), stream(cache_dtype="int8")
+  a, b = f32.next(4), int8.next(4)
+  d = model.net.tcfg.head_dim
+  assert int8.cache_bytes() * 4 * d == f32.cache_bytes() * (d + 4)
+  np.testing.assert_allclose(b, a, atol=0.01)  # pixels in [-1, 1]; measured max 1.3e-3
