@@ -3,12 +3,14 @@
 Why: decoding reads the whole KV cache every step, and XLA:CPU's products read an f32 cache at memory speed but a
 bf16 or int8 one at about a third of it, so no smaller cache paid (docs/inference_speed.md). The kernel fuses the
 conversion into its reads: over LlamaGen-B's 12 layers at 1024 cached tokens (batch 4) an int8 cache takes
-~3.8 ms a step against 12.3 ms for XLA over f32 (`scripts/bench_cpu_attention.py`).
+4.5 ms a step, a bf16 one 6.2 ms and an f32 one 10.2 ms, against 12.3 ms for XLA over f32
+(`scripts/bench_cpu_attention.py`, no-AMX Xeon, 2 cores).
 
 The library is compiled on first use with the host's C++ compiler (`$CXX`, default g++; `-march=native`) into
 `$ARJAX_KERNEL_CACHE` (default ~/.cache/arjax/kernels), keyed by the source, the flags, jaxlib's version and the
 CPU's feature flags, and registered as XLA FFI targets. `available()` says whether that worked (it is False off
-CPU or without a compiler; `arjax.nn.attention` then uses XLA). The reference is `attention.xla_attention`.
+CPU, without a compiler, or with `ARJAX_CPU_KERNELS=0`; `arjax.nn.attention` then uses XLA). The reference is
+`attention.xla_attention`.
 """
 from __future__ import annotations
 

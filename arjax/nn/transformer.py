@@ -21,6 +21,7 @@ from arjax import cache as cache_lib
 from arjax import config as config_lib
 from arjax.nn import attention as attn_lib
 from arjax.nn import layers
+from arjax.nn import quant
 from arjax.nn import rope as rope_lib
 
 POS_KINDS = ("learned", "rope1d", "rope2d", "rope3d", "none")
@@ -74,9 +75,12 @@ class TransformerConfig:
   def num_kv_heads(self) -> int:
     return self.kv_heads or self.heads
 
-  def init_cache(self, batch: int, length: int, dtype=jnp.float32, *, window: Optional[int] = None,
+  def init_cache(self, batch: int, length: int, dtype=None, *, window: Optional[int] = None,
                  sink: int = 0) -> cache_lib.KVCache:
-    """An empty KV cache for `batch` rows of up to `length` tokens (a ring of sink + window slots if given)."""
+    """An empty KV cache for `batch` rows of up to `length` tokens (a ring of sink + window slots if given), in
+    `dtype` (default: the enclosing sampler's cache dtype, else f32: an int8 cache is then made empty, not
+    quantised from zeros, which XLA constant-folded for 20 s of compile time)."""
+    dtype = dtype or quant.current_cache() or jnp.float32
     return cache_lib.init(self.depth, batch, length, self.num_kv_heads, self.head_dim, dtype, window=window,
                           sink=sink)
 
@@ -176,7 +180,7 @@ class Transformer(nn.Module):
   config: TransformerConfig
 
   @nn.nowrap
-  def init_cache(self, batch: int, length: int, dtype=jnp.float32, *, window=None, sink=0) -> cache_lib.KVCache:
+  def init_cache(self, batch: int, length: int, dtype=None, *, window=None, sink=0) -> cache_lib.KVCache:
     """TransformerConfig.init_cache (callable on an unbound module)."""
     return self.config.init_cache(batch, length, dtype, window=window, sink=sink)
 

@@ -37,7 +37,6 @@ import numpy as np
 from arjax import heads
 from arjax import cache as cache_lib
 from arjax import masks
-from arjax.nn import quant
 from arjax.nn import layers
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.paradigms import base
@@ -320,7 +319,7 @@ class Interleaved(base.Paradigm):
     rows = 2 * b if guide.on else b
     pre = jax.tree.map(lambda a: a[:, :p - 1], seq)
     pre = jax.tree.map(lambda a: jnp.concatenate([a, a]), pre) if guide.on else pre
-    cache = self.tcfg.init_cache(rows, total, quant.current_cache() or jnp.float32)
+    cache = self.tcfg.init_cache(rows, total)
     _, cache = self._apply(params, InterleavedNet.extend, pre, cache)
     ends = jnp.concatenate([length - 1, jnp.ones((b,), jnp.int32)]) if guide.on else length - 1
     cache = cache_lib.truncate(cache, ends)

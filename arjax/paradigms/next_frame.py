@@ -242,7 +242,6 @@ class NextFrame(latent.LatentParadigm):
   def empty_state(self, rows: int, full_frames: int = 0, dtype=None):
     """A stream state of `rows` rows: the ring (sink + window frames), or a contiguous cache of full_frames; the
     cache in `dtype` (default: the cache dtype of an enclosing quant.compute, else f32)."""
-    dtype = dtype or quant.current_cache() or jnp.float32
     if full_frames:
       cache = self.tcfg.init_cache(rows, full_frames * self.tpf, dtype)
       kept = full_frames
