@@ -1,5 +1,6 @@
-"""Judge accuracy of one trained run's samples in each inference precision (f32 / bf16 / int8, the rest of int8 in
-the 'auto' compute dtype: bf16 with AMX, else f32), same seeds.
+"""Judge accuracy of one trained run's samples in each inference precision of bench_sampling.MODES (f32 / bf16 /
+int8 / int8 with an int8 KV cache; the rest of int8 in the 'auto' compute dtype: bf16 with AMX, else f32), same
+seeds.
 
   python scripts/precision_quality.py --workdir runs/nt [--num_samples 512]
 
