@@ -152,7 +152,7 @@ def _cpu_serves(mask, whole_unit, q_BQHD, k_BGSD, v_BGSD) -> bool:
   """Whether the CPU decode kernel takes this call: causal masks or whole units, few query rows per kv head, head
   dim <= 256."""
   rows = q_BQHD.shape[1] * q_BQHD.shape[2] // k_BGSD.shape[1]
-  masked = whole_unit or (isinstance(mask, masks_lib.Causal) and not is_runtime(mask))
+  masked = not is_runtime(mask) and (whole_unit or isinstance(mask, masks_lib.Causal))
   dtypes = {jnp.dtype(k_BGSD.dtype), jnp.dtype(v_BGSD.dtype)} <= set(cpu_attention.TARGETS)
   small = rows <= cpu_attention.MAX_ROWS and q_BQHD.shape[-1] <= cpu_attention.MAX_HEAD_DIM
   return masked and dtypes and small and cpu_attention.available()

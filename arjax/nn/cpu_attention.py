@@ -30,10 +30,10 @@ import jax.numpy as jnp
 SOURCE = pathlib.Path(__file__).with_suffix(".cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fassociative-math", "-fno-signed-zeros",
          "-fno-trapping-math", "-shared", "-fPIC")  # reassociation: the per-slot dot reduces as a tree
-TARGETS = {jnp.dtype(jnp.float32): "arjax_decode_attention_f32", jnp.dtype(jnp.bfloat16): "arjax_decode_attention_bf16",
-           jnp.dtype(jnp.int8): "arjax_decode_attention_s8"}
-SYMBOLS = {"arjax_decode_attention_f32": "ArjaxDecodeAttentionF32",
-           "arjax_decode_attention_bf16": "ArjaxDecodeAttentionBF16", "arjax_decode_attention_s8": "ArjaxDecodeAttentionS8"}
+# cache dtype -> (FFI target, the handler's symbol in the library)
+TARGETS = {jnp.dtype(jnp.float32): ("arjax_decode_attention_f32", "ArjaxDecodeAttentionF32"),
+           jnp.dtype(jnp.bfloat16): ("arjax_decode_attention_bf16", "ArjaxDecodeAttentionBF16"),
+           jnp.dtype(jnp.int8): ("arjax_decode_attention_s8", "ArjaxDecodeAttentionS8")}
 MAX_ROWS = 16  # query rows per (row, kv head) the kernel takes; more (VAR's scales) are faster as XLA's GEMMs
 MAX_HEAD_DIM = 256  # kMaxHeadDim in the kernel
 
@@ -77,7 +77,7 @@ def build() -> pathlib.Path:
 @functools.cache
 def _register() -> None:
   lib = ctypes.cdll.LoadLibrary(str(build()))
-  for target, symbol in SYMBOLS.items():
+  for target, symbol in TARGETS.values():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
 
 
@@ -109,7 +109,7 @@ def decode_attention(q_BGMD, k_BGSD, v_BGSD, pos_BS, limit_BM, k_scale_BGS=None,
   _register()
   one = jnp.ones((1,), jnp.float32)
   scales = (one, one) if k_scale_BGS is None else (k_scale_BGS, v_scale_BGS)
-  call = jax.ffi.ffi_call(TARGETS[dtype], jax.ShapeDtypeStruct(q_BGMD.shape, jnp.float32),
+  call = jax.ffi.ffi_call(TARGETS[dtype][0], jax.ShapeDtypeStruct(q_BGMD.shape, jnp.float32),
                           vmap_method="sequential")
   return call(q_BGMD.astype(jnp.float32), k_BGSD, scales[0].astype(jnp.float32), v_BGSD,
               scales[1].astype(jnp.float32), pos_BS.astype(jnp.int32), limit_BM.astype(jnp.int32))

@@ -1,4 +1,7 @@
 """The CPU decode-attention kernel (arjax/nn/cpu_attention.cc) against the jnp reference `xla_attention`."""
+import os
+import shutil
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,7 +13,9 @@ from arjax import masks
 from arjax.nn import attention, cpu_attention
 from arjax.nn.transformer import Transformer, TransformerConfig
 
-pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU kernel")
+HAS_CXX = shutil.which(os.environ.get("CXX", "g++")) is not None
+needs_kernel = pytest.mark.skipif(jax.default_backend() != "cpu" or not HAS_CXX,
+                                  reason="a CPU kernel, built with the host's C++ compiler")
 
 
 def _case(seed, b, q, h, g, s, d, written):
@@ -32,6 +37,7 @@ def _layers(k, v, dtype):
   return c.k[0], c.v[0], held(c.k[0]), held(c.v[0])
 
 
+@needs_kernel
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.int8])
 @pytest.mark.parametrize("b,q,h,g,s,d", [(2, 1, 4, 4, 50, 64), (3, 2, 6, 2, 33, 40), (1, 3, 2, 1, 20, 128)])
 def test_causal_matches_reference(dtype, b, q, h, g, s, d):
@@ -47,6 +53,7 @@ def test_causal_matches_reference(dtype, b, q, h, g, s, d):
   np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.abs(want).max()), rtol=1e-5)
 
 
+@needs_kernel
 def test_whole_unit_sees_every_written_slot_and_empty_rows_are_zeros():
   """whole_unit over a filled cache: every slot, whatever the queries' indices (mask=None in the reference); a
   row with no written slot gives zeros, as xla_attention does; the batch-1 pos of an aligned cache broadcasts."""
@@ -60,6 +67,7 @@ def test_whole_unit_sees_every_written_slot_and_empty_rows_are_zeros():
   np.testing.assert_array_equal(out, 0)
 
 
+@needs_kernel
 def test_gradients_are_the_references():
   """The kernel's custom VJP is xla_attention's (LongLive's long tuning trains through cached attention)."""
   q_BQHD, k, v, pos_BS = _case(3, 2, 2, 4, 2, 16, 64, written=16)
@@ -71,6 +79,7 @@ def test_gradients_are_the_references():
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+@needs_kernel
 def test_dispatch():
   """auto takes the kernel only for causal / whole-unit calls with <= MAX_ROWS query rows per kv head; impl='xla'
   never; an int8 cache elsewhere is dequantised by XLA, and Pallas refuses it."""
@@ -118,6 +127,7 @@ def test_bad_inputs_and_a_missing_compiler_name_the_problem(tmp_path, monkeypatc
     cpu_attention.build()
 
 
+@needs_kernel
 @pytest.mark.parametrize("dtype,atol", [(jnp.float32, 1e-5), (jnp.int8, 0.05)])
 def test_transformer_decoding_through_the_kernel_matches_the_full_forward(dtype, atol):
   """Token-by-token decoding (impl='auto': the kernel on CPU) equals the uncached causal forward: to f32 rounding
