@@ -203,13 +203,15 @@ def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32, cases=D
   cfg = config_lib.load_config(os.path.join(ROOT, CONFIGS["llamagen"]))
   rows = 2 * batch
   weights = quant.dtype_of("auto")
+  make = lambda impl: TransformerConfig.make(cfg.model.transformer, width=cfg.model.width, max_len=max(lengths),
+                                            pos="rope1d", impl=impl)
+  x = jnp.zeros((rows, 1, cfg.model.width))
+  params = quant.cast(nn.meta.unbox(Transformer(make("xla")).init(jax.random.PRNGKey(0), x, masks.causal())["params"]),
+                      weights)  # the impl changes no parameter: one init serves every case
   runs = {}
   for dtype, impl in cases:
-    tcfg = TransformerConfig.make(cfg.model.transformer, width=cfg.model.width, max_len=max(lengths), pos="rope1d",
-                                  impl=impl)
+    tcfg = make(impl)
     net = Transformer(tcfg)
-    x = jnp.zeros((rows, 1, tcfg.width))
-    params = quant.cast(nn.meta.unbox(net.init(jax.random.PRNGKey(0), x, masks.causal())["params"]), weights)
 
     @jax.jit
     def decode(params, cache, net=net, x=x):
