@@ -9,7 +9,7 @@ setup(
     description="Autoregressive visual generation in JAX/Flax: one transformer, one mask language.",
     python_requires=">=3.10",
     packages=find_packages(include=["arjax", "arjax.*", "kernels_pallas", "kernels_pallas.*"]),
-    package_data={"arjax.nn": ["*.cc"]},  # the CPU decode-attention kernel, compiled on first use
+    package_data={"arjax.nn": ["*.cc", "*.h"]},  # the CPU kernels (decode attention, int8 Dense), built on first use
     install_requires=[
         "jax==0.10.2",
         "jaxlib==0.10.2",

@@ -8,13 +8,11 @@
 // XLA:CPU intra-op threads. XLA's own products read an f32 cache at memory speed but a bf16 / int8 one at a
 // third of it (converted element by element); here the conversion is fused into the read.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <vector>
 
+#include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -128,28 +126,6 @@ void attend_any(const Pair& p, int64_t head_dim, float* logits) {
   attend<T, 0>(p, head_dim, logits);
 }
 
-// Runs fn(i) for i in [0, n) on the calling thread and (parallel) the pool's others; returns when all are done.
-// Work is claimed from a shared counter, so a task the pool starts late finds nothing left and the caller never
-// waits for a task that has not started.
-template <typename F>
-void parallel_for(ffi::ThreadPool& pool, int64_t n, bool parallel, F fn) {
-  struct Counters {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto c = std::make_shared<Counters>();
-  auto work = [c, n, fn]() {
-    fn.begin();
-    for (int64_t i; (i = c->next.fetch_add(1)) < n;) {
-      fn(i);
-      c->done.fetch_add(1);
-    }
-  };
-  const int64_t helpers = parallel ? std::min<int64_t>(pool.num_threads(), n) - 1 : 0;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work]() { work(); });
-  work();
-  while (c->done.load() < n) std::this_thread::yield();
-}
-
 template <typename T>
 struct PairTask {
   const float *q, *k_scale, *v_scale;
@@ -196,7 +172,7 @@ ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<DT> k
                    reinterpret_cast<const T*>(v.untyped_data()), pos.typed_data(), limit.typed_data(),
                    out->typed_data(), G, M, S, D, pos_rows == 1 ? 0 : S, limit_rows == 1 ? 0 : M, {}};
   // Below ~256k cache elements a call is a few microseconds of work, less than handing pairs to another thread.
-  parallel_for(pool, B * G, B * G * S * D >= (int64_t{1} << 18), task);
+  arjax::parallel_for(pool, B * G, B * G * S * D >= (int64_t{1} << 18), task);
   return ffi::Error::Success();
 }
 

@@ -10,7 +10,7 @@ import pytest
 
 from arjax import cache as cache_lib
 from arjax import masks
-from arjax.nn import attention, cpu_attention
+from arjax.nn import attention, cpu_attention, cpu_kernels
 from arjax.nn.transformer import Transformer, TransformerConfig
 
 HAS_CXX = shutil.which(os.environ.get("CXX", "g++")) is not None
@@ -124,7 +124,7 @@ def test_bad_inputs_and_a_missing_compiler_name_the_problem(tmp_path, monkeypatc
   monkeypatch.setenv("CXX", "no-such-compiler")
   monkeypatch.setenv("ARJAX_KERNEL_CACHE", str(tmp_path))
   with pytest.raises(RuntimeError, match="no-such-compiler"):
-    cpu_attention.build()
+    cpu_kernels.build(cpu_attention.SOURCE)
 
 
 @needs_kernel
