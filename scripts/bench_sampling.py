@@ -191,25 +191,28 @@ def table(rows, start_load: float) -> str:
   return "\n".join(lines)
 
 
-DECODE_CASES = (("float32", "xla"), ("float32", "auto"), ("bfloat16", "xla"), ("bfloat16", "auto"),
-                ("int8", "auto"))  # (cache dtype, attention impl); 'auto' on CPU = the C++ decode kernel
+DECODE_CASES = (("float32", "xla", "auto"), ("float32", "auto", "auto"), ("bfloat16", "xla", "auto"),
+                ("bfloat16", "auto", "auto"), ("int8", "auto", "auto"), ("float32", "auto", "int8"),
+                ("int8", "auto", "int8"))  # (cache dtype, attention impl, weights); 'auto' impl on CPU = the C++
+# decode kernel; 'auto' weights = the default compute dtype, 'int8' = int8 Dense kernels (the rest in 'auto')
 
 
 def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32, cases=DECODE_CASES):
-  """ms per decoded token of LlamaGen-B's transformer (weights in the default compute dtype, 'auto'; CFG batch)
-  with the cache filled to each length, for each (cache dtype, attention impl); lengths interleaved per round."""
+  """ms per decoded token of LlamaGen-B's transformer (CFG batch) with the cache filled to each length, for each
+  (cache dtype, attention impl, weights); lengths interleaved per round."""
   from arjax import masks
   from arjax.nn.transformer import Transformer, TransformerConfig
   cfg = config_lib.load_config(os.path.join(ROOT, CONFIGS["llamagen"]))
   rows = 2 * batch
-  weights = quant.dtype_of("auto")
+  compute = quant.dtype_of("auto")
   make = lambda impl: TransformerConfig.make(cfg.model.transformer, width=cfg.model.width, max_len=max(lengths),
                                             pos="rope1d", impl=impl)
   x = jnp.zeros((rows, 1, cfg.model.width))
-  params = quant.cast(nn.meta.unbox(Transformer(make("xla")).init(jax.random.PRNGKey(0), x, masks.causal())["params"]),
-                      weights)  # the impl changes no parameter: one init serves every case
+  init = nn.meta.unbox(Transformer(make("xla")).init(jax.random.PRNGKey(0), x, masks.causal())["params"])
+  # one init serves every case (the impl changes no parameter), prepared once per weight precision
+  weights = {w: quant.for_inference(init, compute, w == "int8") for w in {c[2] for c in cases}}
   runs = {}
-  for dtype, impl in cases:
+  for dtype, impl, w in cases:
     tcfg = make(impl)
     net = Transformer(tcfg)
 
@@ -219,18 +222,19 @@ def decode_scaling(batch: int, lengths=(64, 256, 1024), steps: int = 32, cases=D
       return jax.lax.fori_loop(0, steps, body, cache)
 
     for length in lengths:  # the last `steps` tokens of a `length`-token sequence
-      cache = tcfg.init_cache(rows, length, quant.cache_dtype_of(dtype, weights))
+      cache = tcfg.init_cache(rows, length, quant.cache_dtype_of(dtype, compute))
       filled = jnp.arange(length) < length - steps
       cache = cache.replace(end_B=jnp.full((rows,), length - steps, jnp.int32),
                             pos_BS=jnp.broadcast_to(jnp.where(filled, jnp.arange(length), -1), (rows, length)))
-      runs[dtype, impl, length] = functools.partial(decode, params, cache)
+      runs[dtype, impl, w, length] = functools.partial(decode, weights[w], cache)
   best = {key: time_call(fn, 1)[1] for key, fn in runs.items()}  # compile + one timed call each
   for _ in range(2):  # then rounds over every case, so load drifts hit them alike
     for key, fn in runs.items():
       best[key] = min(best[key], time_call(fn, 1)[1])
-  for dtype, impl in cases:
-    ms = {n: 1e3 * best[dtype, impl, n] / steps for n in lengths}
-    print(f"per-token decode (LlamaGen-B transformer, {weights.name} weights, {dtype} cache, attention {impl}, "
+  for dtype, impl, w in cases:
+    ms = {n: 1e3 * best[dtype, impl, w, n] / steps for n in lengths}
+    label = "int8" if w == "int8" else compute.name
+    print(f"per-token decode (LlamaGen-B transformer, {label} weights, {dtype} cache, attention {impl}, "
           f"batch {batch} with CFG): " + ", ".join(f"{n} tokens {v:.1f} ms" for n, v in ms.items()) +
           f"; {max(lengths)} / {min(lengths)} = {ms[max(lengths)] / ms[min(lengths)]:.2f}x; load {host.load():.2f}",
           flush=True)
