@@ -1,17 +1,16 @@
 // int8 Dense products on CPUs with AVX512-VNNI, as an XLA FFI custom call (arjax/nn/cpu_int8.py builds and
 // registers it; the reference is the XLA form in arjax.nn.quant.int8_dot).
 //
-// y [M, N] f32 = quant(x) [M, K] . w [K, N] int8, rescaled: y = float(acc) * x_scale[m] * w_scale[n], where each
-// row of x f32 is quantised symmetrically (scale absmax / 127, x times 1 / scale rounded half to even: what XLA
-// makes of quant.symmetric's division) and acc
-// is the exact int32 sum. XLA:CPU runs an int8 x int8 -> int32 dot at its f32 rate; here vpdpbusd multiplies
-// 4 u8 x s8 pairs per int32 lane. It takes unsigned activations, so x is stored as q + 128 and the sums are
-// corrected by 128 x (column sums of w).
+// y [M, N] f32 = quant(x) [M, K] . w [K, N] int8, rescaled: y = float(acc) * x_scale[m] * w_scale[n], where each row
+// of x f32 is quantised symmetrically (scale absmax / 127, x times 1 / scale rounded half to even: what XLA makes of
+// quant.symmetric's division) and acc is the exact int32 sum. XLA:CPU runs an int8 x int8 -> int32 dot at its f32
+// rate; here vpdpbusd multiplies 4 u8 x s8 pairs per int32 lane. It takes unsigned activations, so x is stored as q
+// + 128 and the sums are corrected by 128 x (column sums of w).
 //
 // Each work item is (64-column panel, block of rows): the panel of w is repacked into the thread's scratch as
-// [K/4][4 vectors][16 lanes][4 k] (4 rows of w interleaved in registers) with its column sums, then a 4-row x
-// 64-column tile of int32 accumulators stays in registers over all of K. The repacking reads w once per item, so
-// decoding (a few rows) reads each weight once, as the product must.
+// [K/4][4 vectors][16 lanes][4 k] (4 rows of w interleaved in registers) with its column sums, then a 6-row x
+// 64-column tile of int32 accumulators (24 of the 32 vector registers) stays in registers over all of K. The
+// repacking reads w once per item, so decoding (a few rows) reads each weight once, as the product must.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -26,7 +25,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int64_t kTileRows = 4;
+constexpr int64_t kTileRows = 6;
 constexpr int64_t kPanel = 64;  // columns per panel: 4 vectors of 16 int32 lanes
 constexpr int64_t kBlockRows = 256;
 
@@ -95,14 +94,18 @@ void pack_panel(const int8_t* w, int64_t K, int64_t N, int64_t n0, int8_t* panel
 }
 
 // The 4 packed accumulators of one row -> its 64 columns in order (a 4 x 4 transpose of 128-bit blocks).
-inline void to_columns(const __m512i* acc, __m512i* out) {
-  const __m512i s0 = _mm512_shuffle_i32x4(acc[0], acc[1], 0x44), s1 = _mm512_shuffle_i32x4(acc[0], acc[1], 0xee),
-                s2 = _mm512_shuffle_i32x4(acc[2], acc[3], 0x44), s3 = _mm512_shuffle_i32x4(acc[2], acc[3], 0xee);
+inline void to_columns(__m512i a0, __m512i a1, __m512i a2, __m512i a3, __m512i* out) {
+  const __m512i s0 = _mm512_shuffle_i32x4(a0, a1, 0x44), s1 = _mm512_shuffle_i32x4(a0, a1, 0xee),
+                s2 = _mm512_shuffle_i32x4(a2, a3, 0x44), s3 = _mm512_shuffle_i32x4(a2, a3, 0xee);
   out[0] = _mm512_shuffle_i32x4(s0, s2, 0x88);
   out[1] = _mm512_shuffle_i32x4(s0, s2, 0xdd);
   out[2] = _mm512_shuffle_i32x4(s1, s3, 0x88);
   out[3] = _mm512_shuffle_i32x4(s1, s3, 0xdd);
 }
+
+// acc += u8 a . s8 b per int32 lane. As inline asm with acc read and written in one register: given the
+// intrinsic, GCC copies every accumulator through another register at each step (2 moves per product).
+inline void dpbusd(__m512i& acc, __m512i a, __m512i b) { asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b)); }
 
 struct Product {
   const uint8_t* a;  // [M, Kp]
@@ -111,41 +114,58 @@ struct Product {
   int64_t M, N, Kp;
 };
 
-// Rows [m, m + R) x the panel at column n0.
+// Row m's packed int32 sums over the panel at column n0 -> its outputs: minus 128 x the column sums, in column
+// order, times the row's and the columns' scales.
+inline void store_row(const Product& p, const __m512i* sums128, __m512i a0, __m512i a1, __m512i a2, __m512i a3,
+                      int64_t m, int64_t n0) {
+  __m512i cols[4];
+  to_columns(_mm512_sub_epi32(a0, sums128[0]), _mm512_sub_epi32(a1, sums128[1]), _mm512_sub_epi32(a2, sums128[2]),
+             _mm512_sub_epi32(a3, sums128[3]), cols);
+  const __m512 xs = _mm512_set1_ps(p.x_scale[m]);
+  for (int64_t v = 0; v < 4; ++v) {
+    const int64_t n = n0 + 16 * v, left = std::clamp<int64_t>(p.N - n, 0, 16);
+    if (!left) break;
+    const __mmask16 in = left == 16 ? 0xffff : (1u << left) - 1;
+    const __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(cols[v]), xs),
+                                   _mm512_maskz_loadu_ps(in, p.w_scale + n));
+    _mm512_mask_storeu_ps(p.y + m * p.N + n, in, f);
+  }
+}
+
+inline __m512i broadcast4(const uint8_t* a) {  // 4 bytes into every int32 lane
+  int32_t four;
+  std::memcpy(&four, a, 4);
+  return _mm512_set1_epi32(four);
+}
+
+// Rows [m, m + R) (R <= 6) x the panel at column n0, over all of K; the 6 x 4 accumulators are named variables so
+// that they stay in registers (as an array GCC keeps them in memory).
 template <int R>
 void tile(const Product& p, const int8_t* panel, const __m512i* sums128, int64_t m, int64_t n0) {
-  __m512i acc[R][4];
-  for (int i = 0; i < R; ++i)
-    for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_si512();
+  const __m512i z = _mm512_setzero_si512();
+  __m512i c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z, c20 = z, c21 = z, c22 = z,
+          c23 = z, c30 = z, c31 = z, c32 = z, c33 = z, c40 = z, c41 = z, c42 = z, c43 = z, c50 = z, c51 = z,
+          c52 = z, c53 = z;
   const uint8_t* a = p.a + m * p.Kp;
   for (int64_t k4 = 0; k4 < p.Kp / 4; ++k4) {
     const int8_t* b = panel + k4 * 4 * kPanel;
     const __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 64), b2 = _mm512_loadu_si512(b + 128),
                   b3 = _mm512_loadu_si512(b + 192);
-    for (int i = 0; i < R; ++i) {
-      int32_t four;
-      std::memcpy(&four, a + i * p.Kp + 4 * k4, 4);
-      const __m512i ai = _mm512_set1_epi32(four);
-      acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], ai, b0);
-      acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], ai, b1);
-      acc[i][2] = _mm512_dpbusd_epi32(acc[i][2], ai, b2);
-      acc[i][3] = _mm512_dpbusd_epi32(acc[i][3], ai, b3);
-    }
+#define ARJAX_ROW(i)                                                            \
+  if constexpr (R > i) {                                                        \
+    const __m512i ai = broadcast4(a + i * p.Kp + 4 * k4);                       \
+    dpbusd(c##i##0, ai, b0), dpbusd(c##i##1, ai, b1), dpbusd(c##i##2, ai, b2), \
+        dpbusd(c##i##3, ai, b3);                                                \
   }
-  for (int i = 0; i < R; ++i) {
-    for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_sub_epi32(acc[i][j], sums128[j]);
-    __m512i cols[4];
-    to_columns(acc[i], cols);
-    const __m512 xs = _mm512_set1_ps(p.x_scale[m + i]);
-    for (int64_t v = 0; v < 4; ++v) {
-      const int64_t n = n0 + 16 * v, left = std::clamp<int64_t>(p.N - n, 0, 16);
-      if (!left) break;
-      const __mmask16 in = left == 16 ? 0xffff : (1u << left) - 1;
-      const __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(cols[v]), xs),
-                                     _mm512_maskz_loadu_ps(in, p.w_scale + n));
-      _mm512_mask_storeu_ps(p.y + (m + i) * p.N + n, in, f);
-    }
+    ARJAX_ROW(0) ARJAX_ROW(1) ARJAX_ROW(2) ARJAX_ROW(3) ARJAX_ROW(4) ARJAX_ROW(5)
+#undef ARJAX_ROW
   }
+  store_row(p, sums128, c00, c01, c02, c03, m, n0);
+  if constexpr (R > 1) store_row(p, sums128, c10, c11, c12, c13, m + 1, n0);
+  if constexpr (R > 2) store_row(p, sums128, c20, c21, c22, c23, m + 2, n0);
+  if constexpr (R > 3) store_row(p, sums128, c30, c31, c32, c33, m + 3, n0);
+  if constexpr (R > 4) store_row(p, sums128, c40, c41, c42, c43, m + 4, n0);
+  if constexpr (R > 5) store_row(p, sums128, c50, c51, c52, c53, m + 5, n0);
 }
 
 struct PanelTask {
@@ -162,6 +182,8 @@ struct PanelTask {
     int64_t m = m0;
     for (; m + kTileRows <= m1; m += kTileRows) tile<kTileRows>(p, panel.data(), sums128, m, nb * kPanel);
     switch (m1 - m) {
+      case 5: tile<5>(p, panel.data(), sums128, m, nb * kPanel); break;
+      case 4: tile<4>(p, panel.data(), sums128, m, nb * kPanel); break;
       case 3: tile<3>(p, panel.data(), sums128, m, nb * kPanel); break;
       case 2: tile<2>(p, panel.data(), sums128, m, nb * kPanel); break;
       case 1: tile<1>(p, panel.data(), sums128, m, nb * kPanel); break;

@@ -33,12 +33,12 @@ def _exact(x, w: quant.Int8):
 
 
 @needs_kernel
-@pytest.mark.parametrize("m,k,n", [(1, 64, 64), (4, 768, 2304), (7, 37, 70), (3, 5, 3), (300, 130, 200),
-                                   (513, 256, 128)])
+@pytest.mark.parametrize("m,k,n", [(1, 64, 64), (4, 768, 2304), (7, 37, 70), (3, 5, 3), (11, 20, 130),
+                                   (300, 130, 200), (513, 256, 128)])
 def test_matches_exact_integer_sums_and_xla(m, k, n):
-  """Rows off the 4-row tile, K off the 4-deep step, N off the 64-column panel, several 256-row blocks: the
-  int32 sums are exact (the outputs equal numpy's int64 product to f32 rounding of the rescale), and equal XLA's
-  int8 form (quant.int8_dot impl='xla')."""
+  """Rows off the 6-row tile (remainders 1-5), K off the 4-deep step, N off the 64-column panel, several 256-row
+  blocks: the int32 sums are exact (the outputs equal numpy's int64 product to f32 rounding of the rescale), and
+  equal XLA's int8 form (quant.int8_dot impl='xla')."""
   x, w = _case(m * 1000 + n, m, k, n)
   got = np.asarray(jax.jit(lambda x, w: quant.int8_dot(x, w, DOT, impl="cpu"))(x, w))
   xla = np.asarray(jax.jit(lambda x, w: quant.int8_dot(x, w, DOT, impl="xla"))(x, w))
