@@ -6,8 +6,9 @@ multiplies with vpdpbusd (4 u8 x s8 pairs per int32 lane) and fuses the activati
 rescaling: 22 ms there, and a decoding step's matrix-vector products read the weights at memory speed
 (`scripts/bench_int8_matmul.py`, side by side with XLA).
 
-`matmul` computes exactly what `quant.int8_dot`'s XLA form does (same quantisation, exact int32 sums, the same
-float rescaling), so the two agree to the bit; `quant` dispatches to it on CPU when `available()`.
+`matmul` computes what `quant.int8_dot`'s XLA form does (the same quantisation, exact int32 sums, the rescale in
+the same order); the two agree to float rounding (relative 1e-7). `quant` dispatches to it on CPU when
+`available()`.
 """
 from __future__ import annotations
 

@@ -224,12 +224,13 @@ def int8_dot(lhs, rhs: Int8, dimension_numbers, impl: str = "auto"):
   free_lhs = [a for a in range(lhs.ndim) if a not in lc]
   free_rhs = [a for a in range(rhs.ndim) if a not in rc]
   out_shape = [lhs.shape[a] for a in free_lhs] + [rhs.shape[a] for a in free_rhs]
-  if impl == "cpu" and not _kernel_form(lhs, rhs, dimension_numbers):
+  form = _kernel_form(lhs, rhs, dimension_numbers)
+  if impl == "cpu" and not form:
     raise ValueError(f"the CPU int8 kernel contracts lhs's trailing and rhs's leading axes, got {dimension_numbers}")
-  if impl == "cpu" or (impl == "auto" and _kernel_form(lhs, rhs, dimension_numbers) and cpu_int8.available()):
+  if impl == "cpu" or (impl == "auto" and form and cpu_int8.available()):
     n = len(rc)
     k = int(np.prod(rhs.shape[:n]))
-    w_scale_N = jnp.broadcast_to(rhs.scale, rhs.shape)[(0,) * n].reshape(-1)
+    w_scale_N = jnp.broadcast_to(rhs.scale.reshape(rhs.scale.shape[n:]), rhs.shape[n:]).reshape(-1)
     y = cpu_int8.matmul(lhs.reshape(-1, k), rhs.q.reshape(k, -1), w_scale_N)
     return y.reshape(out_shape)
   x = symmetric(lhs, lc)
