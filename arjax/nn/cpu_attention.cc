@@ -133,9 +133,9 @@ struct PairTask {
   const int32_t *pos, *limit;
   float* out;
   int64_t G, M, S, D, pos_stride, limit_stride;
-  mutable std::vector<float> logits;
-  void begin() const { logits.resize(S); }
-  void operator()(int64_t i) const {  // i = b * G + g
+  std::vector<float> logits;  // per thread: parallel_for gives each its own copy
+  void begin() { logits.resize(S); }
+  void operator()(int64_t i) {  // i = b * G + g
     const int64_t b = i / G;
     const Pair p{q + i * M * D, k + i * S * D, k_scale ? k_scale + i * S : nullptr, v + i * S * D,
                  v_scale ? v_scale + i * S : nullptr, pos + b * pos_stride, limit + b * limit_stride,
