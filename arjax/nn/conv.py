@@ -6,7 +6,8 @@ consecutive `ch_mult` levels, so the spatial factor is 2 ** (len(ch_mult) - 1). 
 variant: its defaults are the LDM one (VAR, LlamaGen; the converters' parameter names), `ConvConfig.compact`
 the small attention-free one of the VQ / VAE tokenizers. Modules compute in the dtype of their inputs/params,
 except the inference kernels of `for_decoding`: a bf16 conv kernel takes bf16 operands and accumulates into f32, a
-`Winograd` one (f32 on CPU) runs its 3x3 convolutions by Winograd F(4x4, 3x3).
+`Winograd` one (f32 on CPU) runs its 3x3 convolutions by Winograd F(4x4, 3x3), an `Int8` one (int8 sampling on a
+CPU with AVX512-VNNI) by the int8 kernel of arjax.nn.cpu_int8.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arjax.nn import quant
+from arjax.nn import cpu_int8, quant
 
 HIGHEST = jax.lax.Precision.HIGHEST
 CHUNK_ROWS = 3072  # pixels (batch x rows x width) per product of conv3x3_rows
@@ -29,6 +30,9 @@ CHUNK_ROWS = 3072  # pixels (batch x rows x width) per product of conv3x3_rows
 # cost more than the products save (XLA:CPU, 2 x 256 x 256: 160 -> 160 0.53x the direct conv, 160 -> 64 1.13x,
 # 160 -> 3 5.6x)
 WINOGRAD_MIN_CHANNELS = 128
+# int8 decoding: 3x3 decoder convs with >= this many channels in and out (and C a multiple of 4) run by the VNNI
+# kernel, 0.5-0.6x the Winograd time at VAR's decoder shapes (scripts/bench_conv.py)
+INT8_MIN_CHANNELS = 128
 
 
 def _chunk_rows(b: int, h: int, w: int) -> int:
@@ -145,12 +149,15 @@ def _same_3x3(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, fea
 def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None):
   """lax.conv_general_dilated for flax's channels-last Conv, with the image decoders' inference kernels
-  (`for_decoding`): a `Winograd` kernel runs a SAME 3x3 conv as `winograd_conv3x3` (others with its plain
-  kernel); a bf16 kernel takes bf16 operands with f32 accumulation (output f32), and on CPU a SAME 3x3 one runs
+  (`for_decoding`): an `Int8` kernel runs a SAME 3x3 conv by `cpu_int8.conv3x3` (others with its values); a
+  `Winograd` kernel runs a SAME 3x3 conv as `winograd_conv3x3` (others with its plain kernel); a bf16 kernel takes bf16 operands with f32 accumulation (output f32), and on CPU a SAME 3x3 one runs
   as `conv3x3_rows` (GPU / TPU convs are native)."""
   kw = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
             feature_group_count=feature_group_count, precision=precision)
   same_3x3 = _same_3x3(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count)
+  if isinstance(rhs, quant.Int8):
+    return cpu_int8.conv3x3(lhs, rhs.q, rhs.scale.reshape(-1)) if same_3x3 else conv_general_dilated(
+        lhs, rhs.values(), window_strides, padding, **kw)
   if isinstance(rhs, Winograd):
     return winograd_conv3x3(lhs, rhs.u) if same_3x3 else conv_general_dilated(lhs, rhs.kernel, window_strides,
                                                                               padding, **kw)
@@ -176,24 +183,29 @@ class Conv(nn.Conv):
   conv_general_dilated: Any = conv_general_dilated
 
 
-def for_decoding(tokenizer_params, compute_dtype):
+def for_decoding(tokenizer_params, compute_dtype, int8: bool = False):
   """The tokenizer params an image decode runs on: the conv kernels under a 'decoder' in compute_dtype - bf16:
   row-chunked bf16 products; f32 on CPU: 3x3 kernels of >= WINOGRAD_MIN_CHANNELS in and out as `Winograd`
-  (XLA:CPU's f32 convolution is ~2x slower) - and everything else as it is (codebooks, the quantiser's convs: the
-  tokens do not change). Idempotent."""
+  (XLA:CPU's f32 convolution is ~2x slower) - except, with int8 where the VNNI kernel serves, 3x3 kernels of >=
+  INT8_MIN_CHANNELS in and out (C a multiple of 4) as per-channel `quant.Int8`; everything else as it is
+  (codebooks, the quantiser's convs: the tokens do not change). Idempotent."""
   dtype = quant.dtype_of(compute_dtype)
   use_winograd = dtype == jnp.float32 and jax.default_backend() == "cpu"
+  use_int8 = int8 and jax.default_backend() == "cpu" and cpu_int8.available()
+  prepared = lambda x: isinstance(x, (Winograd, quant.Int8))
 
   def one(path, leaf):
     names = [getattr(k, "key", None) for k in path]
-    if isinstance(leaf, Winograd) or not (names[-1:] == ["kernel"] and getattr(leaf, "ndim", 0) == 4
-                                           and "decoder" in names):
+    if prepared(leaf) or not (names[-1:] == ["kernel"] and getattr(leaf, "ndim", 0) == 4 and "decoder" in names):
       return leaf
-    if use_winograd and leaf.shape[:2] == (3, 3) and min(leaf.shape[2:]) >= WINOGRAD_MIN_CHANNELS:
+    c, d = leaf.shape[2:]
+    if use_int8 and leaf.shape[:2] == (3, 3) and c % 4 == 0 and min(c, d) >= INT8_MIN_CHANNELS:
+      return quant.quantize_kernel(leaf)
+    if use_winograd and leaf.shape[:2] == (3, 3) and min(c, d) >= WINOGRAD_MIN_CHANNELS:
       return winograd(leaf.astype(jnp.float32))
     return leaf.astype(dtype)
 
-  return jax.tree_util.tree_map_with_path(one, tokenizer_params, is_leaf=lambda x: isinstance(x, Winograd))
+  return jax.tree_util.tree_map_with_path(one, tokenizer_params, is_leaf=prepared)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -165,7 +165,7 @@ def sampler(extra: dict | None = None):
       cache_dtype = quant.cache_dtype_of(opts.pop("cache_dtype"), dtype)
       if tokenizer_params is not None:  # an argument, not a closed-over constant (compile time)
         self = copy.copy(self)
-        self.tokenizer_params = conv_lib.for_decoding(tokenizer_params, dtype)
+        self.tokenizer_params = conv_lib.for_decoding(tokenizer_params, dtype, int8)
       with quant.compute(dtype, cache_dtype):
         return fn(self, quant.for_inference(params, dtype, int8, int8_head), cond, rng, opts)
 

@@ -7,7 +7,7 @@ import pytest
 from flax import traverse_util
 
 from arjax.nn import conv as conv_lib
-from arjax.nn import quant
+from arjax.nn import cpu_int8, quant
 from arjax.tokenizers.vae import VAETokenizer
 from arjax.tokenizers.vq import VQTokenizer
 
@@ -17,10 +17,13 @@ HIGHEST = jax.lax.Precision.HIGHEST
 class Reference:
   """The expected forward pass over a flat 'a/b/kernel' param dict; every read parameter is crossed off."""
 
-  def __init__(self, params, groups, bf16_convs=False):
+  def __init__(self, params, groups, bf16_convs=False, int8_min_channels=None):
     self.p, self.groups = dict(traverse_util.flatten_dict(params, sep="/")), groups
     # bf16 convs: operands rounded to bf16, products and sums exact (f32 HIGHEST)
     self.operand = (lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)) if bf16_convs else (lambda a: a)
+    # int8 3x3 convs (C a multiple of 4, >= int8_min_channels in and out): pixels quantised over their channels,
+    # the kernel per output channel, the products and sums of those values exact
+    self.int8_min_channels = int8_min_channels
 
   def take(self, name, shape):
     w = self.p.pop(name)
@@ -30,6 +33,9 @@ class Reference:
   def conv(self, name, x, out, k=3, stride=1, pad=None):
     w = self.take(f"{name}/kernel", (k, k, x.shape[-1], out))
     pad = ((k // 2, k // 2),) * 2 if pad is None else pad
+    c = x.shape[-1]
+    if self.int8_min_channels and k == 3 and stride == 1 and c % 4 == 0 and min(c, out) >= self.int8_min_channels:
+      x, w = quant.symmetric(x, [3]).values(), quant.quantize_kernel(w).values()
     y = jax.lax.conv_general_dilated(self.operand(x), self.operand(w), (stride, stride), pad,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=HIGHEST)
     return y + self.take(f"{name}/bias", (out,))
@@ -159,14 +165,17 @@ def test_winograd_conv3x3_equals_lax_conv(b, h, w, c, d):
 
 def test_for_decoding_converts_only_the_decoders_conv_kernels(monkeypatch):
   """bf16: the decoder's conv kernels cast; f32 on CPU: its 3x3 kernels of >= WINOGRAD_MIN_CHANNELS as Winograd,
-  narrower and 1x1 kernels as they are; biases, norms, codebooks and the quantiser's convs untouched; idempotent."""
+  narrower and 1x1 kernels as they are; with int8 where the VNNI kernel serves, 3x3 kernels of >= INT8_MIN_CHANNELS
+  with C a multiple of 4 as per-channel Int8 (the rest as in f32); biases, norms, codebooks and the quantiser's
+  convs untouched; idempotent."""
   monkeypatch.setattr(conv_lib, "WINOGRAD_MIN_CHANNELS", 2)
+  monkeypatch.setattr(conv_lib, "INT8_MIN_CHANNELS", 4)
   tree = {"decoder": {"conv_in": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.ones(4)},
                       "conv_out": {"kernel": jnp.ones((3, 3, 4, 1))},
                       "nin": {"kernel": jnp.ones((1, 1, 4, 4))}, "norm": {"scale": jnp.ones(4)}},
           "phi_0": {"kernel": jnp.ones((3, 3, 4, 4))}, "embedding": jnp.ones((8, 4))}
-  kinds = lambda t: {"/".join(k): type(v).__name__ if isinstance(v, conv_lib.Winograd) else str(v.dtype)
-                     for k, v in traverse_util.flatten_dict(t).items()}
+  kinds = lambda t: {"/".join(k): type(v).__name__ if isinstance(v, (conv_lib.Winograd, quant.Int8)) else str(v.dtype)
+                     for k, v in traverse_util.flatten_dict(t, is_leaf=lambda _, v: isinstance(v, quant.Int8)).items()}
   rest = {"decoder/conv_in/bias": "float32", "decoder/norm/scale": "float32", "phi_0/kernel": "float32",
           "embedding": "float32"}
   out = conv_lib.for_decoding(tree, "bfloat16")
@@ -179,6 +188,25 @@ def test_for_decoding_converts_only_the_decoders_conv_kernels(monkeypatch):
   again = conv_lib.for_decoding(out, "float32")
   assert again["decoder"]["conv_in"]["kernel"] is out["decoder"]["conv_in"]["kernel"]
   np.testing.assert_array_equal(out["decoder"]["conv_in"]["kernel"].kernel, tree["decoder"]["conv_in"]["kernel"])
+  tree["decoder"]["up"] = {"kernel": jnp.ones((3, 3, 4, 8))}
+  out = conv_lib.for_decoding(tree, "float32", int8=True)
+  int8 = "Int8" if cpu_int8.available() else "Winograd"
+  assert kinds(out) == dict(rest, **{"decoder/conv_in/kernel": "Winograd", "decoder/up/kernel": int8,
+                                     "decoder/nin/kernel": "float32", "decoder/conv_out/kernel": "float32"})
+  assert conv_lib.for_decoding(out, "float32", int8=True)["decoder"]["up"]["kernel"] is out["decoder"]["up"]["kernel"]
+
+
+def _prepared_decode(monkeypatch, layout, module, fn_name, int8=False):
+  """The decoder of `layout` on f32 `for_decoding` params (int8 or not), counting the calls of module.fn_name:
+  (output, latents, params, calls, number of 3x3 kernels)."""
+  dec = conv_lib.Decoder(LAYOUTS[layout][0])
+  z = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 5))
+  params = dec.init(jax.random.PRNGKey(3), z)["params"]
+  calls, fn = [], getattr(module, fn_name)
+  monkeypatch.setattr(module, fn_name, lambda *args: calls.append(1) or fn(*args))
+  got = dec.apply({"params": conv_lib.for_decoding({"decoder": params}, "float32", int8)["decoder"]}, z)
+  n_3x3 = sum(1 for k, v in traverse_util.flatten_dict(params).items() if k[-1] == "kernel" and v.shape[:2] == (3, 3))
+  return got, z, params, len(calls), n_3x3
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -186,18 +214,30 @@ def test_winograd_decoder_equals_f32_reference(monkeypatch, layout):
   """f32 `for_decoding` params run every 3x3 decoder conv by Winograd (counted; no channel floor) and equal the f32
   reference."""
   monkeypatch.setattr(conv_lib, "WINOGRAD_MIN_CHANNELS", 1)
+  got, z, params, calls, n_3x3 = _prepared_decode(monkeypatch, layout, conv_lib, "winograd_conv3x3")
   cfg, blocks_per_level, upsample_width = LAYOUTS[layout]
-  dec = conv_lib.Decoder(cfg)
-  z = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 5))
-  params = dec.init(jax.random.PRNGKey(3), z)["params"]
-  calls = []
-  counted = lambda x, u, f=conv_lib.winograd_conv3x3: calls.append(1) or f(x, u)
-  monkeypatch.setattr(conv_lib, "winograd_conv3x3", counted)
-  got = dec.apply({"params": conv_lib.for_decoding({"decoder": params}, "float32")["decoder"]}, z)
   want = Reference(params, cfg.groups).decoder(z, cfg, blocks_per_level, upsample_width)
-  n_3x3 = sum(1 for k, v in traverse_util.flatten_dict(params).items() if k[-1] == "kernel" and v.shape[:2] == (3, 3))
-  assert len(calls) == n_3x3 > 5
+  assert calls == n_3x3 > 5
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not cpu_int8.available(), reason="the AVX512-VNNI kernel (such a CPU and a C++ compiler)")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_int8_decoder_equals_quantised_reference(monkeypatch, layout):
+  """int8 `for_decoding` params run the 3x3 decoder convs of >= INT8_MIN_CHANNELS (C a multiple of 4) by the VNNI
+  kernel (counted; conv_in's 5 channels and conv_out's 3 stay float) and equal the reference whose convs take
+  per-pixel int8 activations and per-channel int8 kernels - not the f32 one."""
+  monkeypatch.setattr(conv_lib, "INT8_MIN_CHANNELS", 4)
+  got, z, params, calls, n_3x3 = _prepared_decode(monkeypatch, layout, cpu_int8, "conv3x3", int8=True)
+  cfg, blocks_per_level, upsample_width = LAYOUTS[layout]
+  want = Reference(params, cfg.groups, int8_min_channels=4).decoder(z, cfg, blocks_per_level, upsample_width)
+  f32 = Reference(params, cfg.groups).decoder(z, cfg, blocks_per_level, upsample_width)
+  assert calls == n_3x3 - 2
+  # as with bf16: a float-rounding difference upstream can flip one rounding to int8 (a step is ~1% of a pixel's
+  # largest channel), which the later convs spread; a kernel that drops a tap or a scale lands far from both
+  err, err_f32 = float(jnp.abs(got - want).mean()), float(jnp.abs(got - f32).mean())
+  assert err < 0.1 * err_f32, (err, err_f32)
+  assert err_f32 > 1e-3  # the int8 path was taken
 
 
 def test_config_validation():

@@ -1,4 +1,5 @@
-"""The AVX512-VNNI int8 Dense kernel (arjax/nn/cpu_int8.cc) against exact integer sums and XLA's int8 dot."""
+"""The AVX512-VNNI int8 kernels (arjax/nn/cpu_int8.cc) - Dense products and 3x3 convolutions - against exact
+integer sums and their XLA forms."""
 import os
 import shutil
 
@@ -22,12 +23,17 @@ def _case(seed, m, k, n):
   return jnp.asarray(x), quant.quantize_kernel(jnp.asarray(rng.standard_normal((k, n)), jnp.float32))
 
 
-def _exact(x, w: quant.Int8):
-  """The product in numpy: x quantised per row (x times 1 / scale, half to even), int64 sums, f32 rescale."""
+def _quantize_rows(x):
+  """numpy: x quantised over its last axis (x times 1 / scale, half to even) -> (int64 q, f32 scale [..., 1])."""
   x = np.asarray(x)
-  amax = np.abs(x).max(1, keepdims=True)
+  amax = np.abs(x).max(-1, keepdims=True)
   scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-  q = np.clip(np.round(x * (np.float32(1) / scale)), -127, 127).astype(np.int64)
+  return np.clip(np.round(x * (np.float32(1) / scale)), -127, 127).astype(np.int64), scale
+
+
+def _exact(x, w: quant.Int8):
+  """The product in numpy: x quantised per row, int64 sums, f32 rescale."""
+  q, scale = _quantize_rows(x)
   acc = q @ np.asarray(w.q, np.int64)
   return acc.astype(np.float32) * scale * np.asarray(w.scale, np.float32)
 
@@ -76,6 +82,54 @@ def test_dense_layers_dispatch_to_the_kernel(monkeypatch):
   assert "arjax_int8_matmul" not in str(jax.make_jaxpr(lambda x: module.apply(params, x))(inputs))
 
 
+def _exact_conv(x, w: quant.Int8):
+  """The SAME 3x3 conv in numpy: each pixel quantised over its channels, int64 sums per tap, each rescaled by its
+  pixels' scales (float64), times the channel scales."""
+  q, scale = _quantize_rows(x)
+  b, h, wd, _ = q.shape
+  q = np.pad(q, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  scale = np.pad(scale.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  y = 0.0
+  for dy in range(3):
+    for dx in range(3):
+      acc = q[:, dy:dy + h, dx:dx + wd] @ np.asarray(w.q[dy, dx], np.int64)
+      y = y + acc * scale[:, dy:dy + h, dx:dx + wd]
+  return y * np.asarray(w.scale, np.float64).reshape(-1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("b,h,w,c,d", [(1, 1, 1, 4, 3), (2, 5, 7, 8, 70), (1, 3, 50, 12, 130), (2, 9, 13, 36, 200),
+                                       (1, 20, 21, 16, 64)])
+def test_conv3x3_matches_exact_integer_sums_and_xla(b, h, w, c, d):
+  """One pixel, rows off the 6-row tile, D off the 64-column panel, several 256-row blocks (22 x 23 padded
+  pixels): the kernel equals numpy's per-tap int64 sums rescaled (f32 rounding of the 9-tap sum), its XLA form
+  `conv3x3_reference`, and the lax conv of the dequantised pixels and kernel."""
+  rng = np.random.default_rng(b * 100 + d)
+  x = rng.standard_normal((b, h, w, c)).astype(np.float32) * rng.uniform(0.1, 3.0, (b, h, w, 1)).astype(np.float32)
+  k = quant.quantize_kernel(jnp.asarray(rng.standard_normal((3, 3, c, d)), jnp.float32))
+  got = np.asarray(jax.jit(cpu_int8.conv3x3)(jnp.asarray(x), k.q, k.scale.reshape(-1)))
+  tol = dict(rtol=1e-5, atol=1e-5 * np.abs(got).max())
+  np.testing.assert_allclose(got, _exact_conv(x, k), **tol)
+  np.testing.assert_allclose(got, cpu_int8.conv3x3_reference(jnp.asarray(x), k.q, k.scale.reshape(-1)), **tol)
+  values = quant.symmetric(jnp.asarray(x), [3]).values()
+  lax = jax.lax.conv_general_dilated(values, k.values(), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=jax.lax.Precision.HIGHEST)
+  np.testing.assert_allclose(got, lax, **tol)
+
+
+@needs_kernel
+def test_conv3x3_zero_pixels_and_borders():
+  """Zero pixels (scale 1, q 0) add nothing, and the borders see zero padding: a single nonzero pixel in a corner
+  gives the kernel's taps (flipped) around it and zeros elsewhere."""
+  x = jnp.zeros((1, 4, 5, 8)).at[0, 0, 0].set(jnp.arange(1.0, 9.0))
+  k = quant.quantize_kernel(jax.random.normal(jax.random.PRNGKey(0), (3, 3, 8, 16)))
+  got = np.asarray(cpu_int8.conv3x3(x, k.q, k.scale.reshape(-1)))
+  np.testing.assert_array_equal(got[0, 2:], 0)
+  np.testing.assert_array_equal(got[0, :, 2:], 0)
+  np.testing.assert_allclose(got, _exact_conv(np.asarray(x), k), rtol=1e-6, atol=1e-6)
+  assert np.abs(got[0, :2, :2]).min() > 0
+
+
 def test_bad_inputs_name_the_problem():
   w = quant.quantize_kernel(jnp.ones((8, 4)))
   with pytest.raises(ValueError, match=r"x \[M, K\]"):
@@ -86,3 +140,8 @@ def test_bad_inputs_name_the_problem():
     quant.int8_dot(jnp.ones((8, 2)), w, (((0,), (0,)), ((), ())), impl="cpu")
   with pytest.raises(ValueError, match="impl"):
     quant.int8_dot(jnp.ones((2, 8)), w, DOT, impl="fast")
+  k = quant.quantize_kernel(jnp.ones((3, 3, 6, 4)))
+  with pytest.raises(ValueError, match="multiple of 4"):
+    cpu_int8.conv3x3(jnp.ones((1, 4, 4, 6)), k.q, k.scale.reshape(-1))
+  with pytest.raises(ValueError, match=r"q \[3, 3, C, D\]"):
+    cpu_int8.conv3x3(jnp.ones((1, 4, 4, 8)), k.q, k.scale.reshape(-1))
