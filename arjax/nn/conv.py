@@ -220,7 +220,7 @@ class ConvConfig:
   mid_blocks: int = 2           # mid ResBlocks (1 or 2)
   extra_up_block: bool = True   # decoder levels hold num_res_blocks + 1 ResBlocks
   upsample_to_next: bool = False  # the decoder's upsample conv outputs the next level's width (else its own)
-  exact: bool = False           # HIGHEST-precision convs / attention and two-pass GroupNorm variance
+  exact: bool = False           # HIGHEST-precision convs / attention
 
   def __post_init__(self):
     object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
@@ -248,11 +248,33 @@ def conv(features: int, kernel: int = 3, stride: int = 1, padding=None, exact: b
               name=name)
 
 
-def group_norm(groups: int, channels: int, exact: bool = False, name=None):
+class GroupNorm(nn.Module):
+  """GroupNorm (eps 1e-6) over channels-last x [B, ..., C], with flax's parameters (scale, bias [C]) and a
+  two-pass variance: the statistics come from per-channel sums over the pixels, then per group. XLA:CPU reduces
+  [B, pixels, C] over the pixels ~9x faster than flax's reduction over (H, W, C / G) (2 x 256 x 256 x 160: 3.4 vs
+  31 ms, docs/inference_speed.md)."""
+  num_groups: int
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    b, c, g = x.shape[0], x.shape[-1], self.num_groups
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    x_BPC = x.reshape(b, -1, c).astype(jnp.float32)
+    n = x_BPC.shape[1] * (c // g)
+    per_group = lambda sums_BC: jnp.repeat(sums_BC.reshape(b, g, c // g).sum(-1) / n, c // g, axis=-1)[:, None]
+    mean = per_group(jnp.sum(x_BPC, 1))
+    a = jax.lax.rsqrt(per_group(jnp.sum(jnp.square(x_BPC - mean), 1)) + self.epsilon) * scale
+    y = (x_BPC - mean) * a + bias
+    return y.reshape(x.shape).astype(jnp.result_type(x.dtype, scale.dtype))
+
+
+def group_norm(groups: int, channels: int, name=None):
   """GroupNorm(eps 1e-6); raises if `channels` is not a multiple of `groups`."""
   if channels % groups:
     raise ValueError(f"norm_groups={groups} must divide every conv width; got a width of {channels}")
-  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, use_fast_variance=not exact, name=name)
+  return GroupNorm(groups, name=name)
 
 
 def batch_images(batch, image_size: int):
@@ -288,8 +310,8 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC):
     e = self.exact
-    h = conv(self.out, exact=e, name="conv1")(nn.silu(group_norm(self.groups, x_BHWC.shape[-1], e, "norm1")(x_BHWC)))
-    h = conv(self.out, exact=e, name="conv2")(nn.silu(group_norm(self.groups, self.out, e, "norm2")(h)))
+    h = conv(self.out, exact=e, name="conv1")(nn.silu(group_norm(self.groups, x_BHWC.shape[-1], "norm1")(x_BHWC)))
+    h = conv(self.out, exact=e, name="conv2")(nn.silu(group_norm(self.groups, self.out, "norm2")(h)))
     if x_BHWC.shape[-1] != self.out:
       x_BHWC = conv(self.out, 1, exact=e, name="nin_shortcut")(x_BHWC)
     return x_BHWC + h
@@ -304,7 +326,7 @@ class AttnBlock(nn.Module):
   def __call__(self, x_BHWC):
     b, hh, ww, c = x_BHWC.shape
     e, p = self.exact, HIGHEST if self.exact else None
-    h = group_norm(self.groups, c, e, "norm")(x_BHWC)
+    h = group_norm(self.groups, c, "norm")(x_BHWC)
     q_BNC, k_BNC, v_BNC = (conv(c, 1, exact=e, name=n)(h).reshape(b, hh * ww, c) for n in ("q", "k", "v"))
     w_BNN = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q_BNC, k_BNC, precision=p) * c ** -0.5, axis=-1)
     h = jnp.einsum("bij,bjc->bic", w_BNN, v_BNC, precision=p).reshape(b, hh, ww, c)
@@ -339,7 +361,7 @@ class Encoder(nn.Module):
       if i != last:
         h = conv(h.shape[-1], 3, 2, ((0, 1), (0, 1)), e, name=f"down_{i}_downsample")(h)
     h = _mid(cfg, h)
-    h = nn.silu(group_norm(cfg.groups, h.shape[-1], e, "norm_out")(h))
+    h = nn.silu(group_norm(cfg.groups, h.shape[-1], "norm_out")(h))
     return conv(self.out_channels, exact=e, name="conv_out")(h)
 
 
@@ -362,5 +384,5 @@ class Decoder(nn.Module):
       if i != 0:
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
         h = conv(cfg.width(i - 1) if cfg.upsample_to_next else h.shape[-1], exact=e, name=f"up_{i}_upsample")(h)
-    h = nn.silu(group_norm(cfg.groups, h.shape[-1], e, "norm_out")(h))
+    h = nn.silu(group_norm(cfg.groups, h.shape[-1], "norm_out")(h))
     return conv(self.out_channels, exact=e, name="conv_out")(h)
