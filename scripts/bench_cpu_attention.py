@@ -1,13 +1,17 @@
 """Decode attention on this CPU: the C++ kernel (arjax/nn/cpu_attention.cc) over f32 / bf16 / int8 caches against
 XLA over f32 and bf16 caches, side by side.
 
-  JAX_PLATFORMS=cpu python scripts/bench_cpu_attention.py [--lengths 256,1024] [--rounds 5]
+  JAX_PLATFORMS=cpu python scripts/bench_cpu_attention.py [--lengths 256,1024] [--rounds 5] [--var-scales]
 
 LlamaGen-B's decode step: batch 2 + CFG (4 rows), 12 heads of 64, one query against `length` cached tokens, in
 each of 12 layers with their own caches (the layers' caches together outgrow the CPU's caches, as in sampling).
 32 steps in a `lax.fori_loop`, each step's query fed by the last output. Every variant is compiled first, then
 timed in rounds over all of them (best per variant), so load drifts hit them alike. Prints ms per step (all 12
 layers), the ratio to XLA over f32, the cache's bytes and the machine load.
+
+--var-scales: the kernel's many-row path against XLA at VAR-d16's larger scales instead: one layer's whole-unit
+attention of a scale's pn x pn tokens against every token so far (f32 cache), 4 rows (batch 2 + CFG), 16 heads of
+64; ms per call (best over rounds) and GFLOP/s of the two products.
 """
 from __future__ import annotations
 
@@ -49,12 +53,45 @@ def decode_loop(length: int, impl: str, dtype):
   return steps, sum(a.nbytes for a in jax.tree.leaves((kv.k, kv.v)))
 
 
+VAR_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR-d16's patch_nums
+
+
+def var_scales(rounds: int):
+  print("| scale | query rows | keys | XLA ms | kernel ms | kernel GFLOP/s | kernel / XLA |\n" + "|---" * 7 + "|")
+  rng = np.random.default_rng(0)
+  for i, pn in enumerate(VAR_SCALES):
+    rows, keys = pn * pn, sum(n * n for n in VAR_SCALES[:i + 1])
+    if rows <= 16:
+      continue
+    q, k, v = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in
+               ((ROWS, rows, 16, 64), (ROWS, 16, keys, 64), (ROWS, 16, keys, 64)))
+    pos, idx = jnp.arange(keys, dtype=jnp.int32)[None], jnp.arange(keys - rows, keys, dtype=jnp.int32)[None]
+    fns = {impl: jax.jit(lambda q, k, v, impl=impl: attention.cached_attention(
+        q, k, v, masks.causal(), idx, pos, whole_unit=True, filled=True, impl=impl)) for impl in ("xla", "auto")}
+    best = dict.fromkeys(fns, float("inf"))
+    for fn in fns.values():
+      jax.block_until_ready(fn(q, k, v))
+    for _ in range(rounds):
+      for impl, fn in fns.items():
+        t = time.perf_counter()
+        jax.block_until_ready(fn(q, k, v))
+        best[impl] = min(best[impl], time.perf_counter() - t)
+    flops = 4 * ROWS * 16 * rows * keys * 64
+    print(f"| {pn}x{pn} | {rows} | {keys} | {best['xla'] * 1e3:.2f} | {best['auto'] * 1e3:.2f} | "
+          f"{flops / best['auto'] / 1e9:.0f} | {best['auto'] / best['xla']:.2f} |")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--lengths", default="256,1024")
   p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--var-scales", action="store_true", help="the many-row path at VAR-d16's scales instead")
   a = p.parse_args()
   print(host.describe())
+  if a.var_scales:
+    var_scales(a.rounds)
+    print(f"load {host.load():.2f} after the run")
+    return
   q = jnp.asarray(np.random.default_rng(1).standard_normal((ROWS, 1, HEADS, HEAD_DIM)), jnp.float32)
   print("| cached tokens | attention | cache MB | ms / step (12 layers) | / XLA f32 |\n|---|---|---|---|---|")
   for length in (int(n) for n in a.lengths.split(",")):

@@ -7,9 +7,19 @@
 // Two passes over the cache (logits, then values), each slot read once; the (b, g) pairs are shared among the
 // XLA:CPU intra-op threads. XLA's own products read an f32 cache at memory speed but a bf16 / int8 one at a
 // third of it (converted element by element); here the conversion is fused into the read.
+//
+// Many query rows over an f32 cache (VAR's larger scales: hundreds of rows per pair; head dim a multiple of 64;
+// AVX512F): register-tiled products instead (`attend_rows`), 6 rows at a time - the pair's keys transposed once into
+// [S / 16][D][16], a 6-row x 64-key tile of logits over D, the softmax per row, then a 6-row x 64-dim tile of
+// outputs over the slots. XLA:CPU runs these as batched products of [M, 64] x [64, S] at ~70 GFLOP/s.
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_parallel.h"
@@ -119,6 +129,139 @@ void attend(const Pair& p, int64_t head_dim, float* logits /* [S] */) {
   }
 }
 
+constexpr int64_t kTileRows = 6, kMaxDecodeRows = 16;  // kMaxDecodeRows: cpu_attention.MAX_ROWS
+
+#ifdef __AVX512F__
+constexpr bool kAvx512 = true;
+#else
+constexpr bool kAvx512 = false;
+#endif
+
+// Whether `attend_rows` serves a pair of M rows (cpu_attention.many_rows mirrors this).
+template <typename T>
+bool many_rows(int64_t M, int64_t D) {
+  return kAvx512 && std::is_same_v<T, float> && M > kMaxDecodeRows && D % 64 == 0;
+}
+
+#ifdef __AVX512F__
+// exp(x) for x <= 0 in 16 lanes, as exp_nonpositive.
+inline __m512 exp_nonpositive16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f),
+                                    _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x));
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  for (const float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Accumulators of a 6-row x 4-vector tile as named variables (as an array GCC keeps them on the stack).
+#define ARJAX_TILE(op) op(0) op(1) op(2) op(3) op(4) op(5)
+#define ARJAX_ZERO(i) __m512 a##i##0 = _mm512_setzero_ps(), a##i##1 = a##i##0, a##i##2 = a##i##0, a##i##3 = a##i##0;
+#define ARJAX_FMA(i)                                  \
+  {                                                   \
+    const __m512 xi = _mm512_set1_ps(ARJAX_X(i));     \
+    a##i##0 = _mm512_fmadd_ps(xi, y0, a##i##0);       \
+    a##i##1 = _mm512_fmadd_ps(xi, y1, a##i##1);       \
+    a##i##2 = _mm512_fmadd_ps(xi, y2, a##i##2);       \
+    a##i##3 = _mm512_fmadd_ps(xi, y3, a##i##3);       \
+  }
+#define ARJAX_OUT(i) ARJAX_STORE(i, a##i##0, a##i##1, a##i##2, a##i##3)
+
+// The 6 (or fewer: the last row repeats, its results unused) query rows from m0: logits [6][Sp] = q k^T over the
+// transposed keys kt [Sp / 16][D][16] (Sp = S rounded up to 64, zero keys past S).
+void tile_logits(const Pair& p, int64_t D, int64_t Sp, const float* kt, int64_t m0, float* logits) {
+  const float* rows[kTileRows];
+  for (int64_t i = 0; i < kTileRows; ++i) rows[i] = p.q + std::min(m0 + i, p.M - 1) * D;
+  for (int64_t s0 = 0; s0 < Sp; s0 += 64) {
+    ARJAX_TILE(ARJAX_ZERO)
+    const float* k0 = kt + s0 * D;  // 4 blocks of 16 keys, each [D][16]
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 y0 = _mm512_loadu_ps(k0 + d * 16), y1 = _mm512_loadu_ps(k0 + (D + d) * 16),
+                   y2 = _mm512_loadu_ps(k0 + (2 * D + d) * 16), y3 = _mm512_loadu_ps(k0 + (3 * D + d) * 16);
+#define ARJAX_X(i) rows[i][d]
+      ARJAX_TILE(ARJAX_FMA)
+#undef ARJAX_X
+    }
+#define ARJAX_STORE(i, c0, c1, c2, c3)                   \
+  {                                                      \
+    float* out = logits + i * Sp + s0;                   \
+    _mm512_storeu_ps(out, c0), _mm512_storeu_ps(out + 16, c1); \
+    _mm512_storeu_ps(out + 32, c2), _mm512_storeu_ps(out + 48, c3); \
+  }
+    ARJAX_TILE(ARJAX_OUT)
+#undef ARJAX_STORE
+  }
+}
+
+// out rows [m0, m0 + 6) (those < M) = the weights w [6][Sp] (zero past S) times v [S, D], over 1 / sums.
+void tile_values(const Pair& p, int64_t D, int64_t Sp, const float* w, const float* sums, int64_t m0) {
+  const float* v = static_cast<const float*>(p.v);
+  for (int64_t d0 = 0; d0 < D; d0 += 64) {
+    ARJAX_TILE(ARJAX_ZERO)
+    for (int64_t s = 0; s < p.S; ++s) {
+      const float* vs = v + s * D + d0;
+      const __m512 y0 = _mm512_loadu_ps(vs), y1 = _mm512_loadu_ps(vs + 16), y2 = _mm512_loadu_ps(vs + 32),
+                   y3 = _mm512_loadu_ps(vs + 48);
+#define ARJAX_X(i) w[i * Sp + s]
+      ARJAX_TILE(ARJAX_FMA)
+#undef ARJAX_X
+    }
+#define ARJAX_STORE(i, c0, c1, c2, c3)                                                  \
+  if (m0 + i < p.M) {                                                                   \
+    const __m512 inv = _mm512_set1_ps(sums[i] > 0.f ? 1.f / sums[i] : 0.f);            \
+    float* out = p.out + (m0 + i) * D + d0;                                             \
+    _mm512_storeu_ps(out, _mm512_mul_ps(c0, inv)), _mm512_storeu_ps(out + 16, _mm512_mul_ps(c1, inv)); \
+    _mm512_storeu_ps(out + 32, _mm512_mul_ps(c2, inv)), _mm512_storeu_ps(out + 48, _mm512_mul_ps(c3, inv)); \
+  }
+    ARJAX_TILE(ARJAX_OUT)
+#undef ARJAX_STORE
+  }
+}
+#undef ARJAX_TILE
+#undef ARJAX_ZERO
+#undef ARJAX_FMA
+#undef ARJAX_OUT
+
+// One row's logits [Sp] -> its softmax weights over the slots it sees (zeros elsewhere and past S); returns the
+// sum of the weights (the normalisation is applied to the outputs).
+float softmax_row(const int32_t* pos, int32_t limit, int64_t S, int64_t Sp, float* row) {
+  const __m512i lim = _mm512_set1_epi32(limit), zero = _mm512_setzero_si512();
+  const auto seen16 = [&](int64_t s) {
+    const __mmask16 in = S - s >= 16 ? 0xffff : (1u << std::max<int64_t>(S - s, 0)) - 1;
+    const __m512i ps = _mm512_maskz_loadu_epi32(in, pos + s);
+    return static_cast<__mmask16>(in & _mm512_cmpge_epi32_mask(ps, zero) & _mm512_cmple_epi32_mask(ps, lim));
+  };
+  __m512 top = _mm512_set1_ps(-3.0e38f);
+  for (int64_t s = 0; s < Sp; s += 16) top = _mm512_mask_max_ps(top, seen16(s), top, _mm512_loadu_ps(row + s));
+  const __m512 t = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t s = 0; s < Sp; s += 16) {
+    const __m512 e = _mm512_maskz_mov_ps(seen16(s), exp_nonpositive16(_mm512_sub_ps(_mm512_loadu_ps(row + s), t)));
+    _mm512_storeu_ps(row + s, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+// A pair with many query rows over an f32 cache: scratch kt [Sp * D], logits [6 * Sp].
+void attend_rows(const Pair& p, int64_t D, float* kt, float* logits) {
+  const int64_t S = p.S, Sp = (S + 63) / 64 * 64;
+  const float* k = static_cast<const float*>(p.k);
+  for (int64_t s = 0; s < Sp; ++s)
+    for (int64_t d = 0; d < D; ++d) kt[(s / 16 * D + d) * 16 + s % 16] = s < S ? k[s * D + d] : 0.f;
+  for (int64_t m0 = 0; m0 < p.M; m0 += kTileRows) {
+    tile_logits(p, D, Sp, kt, m0, logits);
+    float sums[kTileRows] = {};
+    for (int64_t i = 0; i < kTileRows && m0 + i < p.M; ++i) {
+      sums[i] = softmax_row(p.pos, p.limit[m0 + i], S, Sp, logits + i * Sp);
+    }
+    tile_values(p, D, Sp, logits, sums, m0);
+  }
+}
+#endif  // __AVX512F__
+
 template <typename T>
 void attend_any(const Pair& p, int64_t head_dim, float* logits) {
   if (head_dim == 64) return attend<T, 64>(p, head_dim, logits);
@@ -133,13 +276,21 @@ struct PairTask {
   const int32_t *pos, *limit;
   float* out;
   int64_t G, M, S, D, pos_stride, limit_stride;
-  std::vector<float> logits;  // per thread: parallel_for gives each its own copy
-  void begin() { logits.resize(S); }
+  std::vector<float> logits, kt;  // per thread: parallel_for gives each its own copy
+  void begin() {
+    const int64_t Sp = (S + 63) / 64 * 64;
+    many_rows<T>(M, D) ? (logits.resize(kTileRows * Sp), kt.resize(Sp * D)) : logits.resize(S);
+  }
   void operator()(int64_t i) {  // i = b * G + g
     const int64_t b = i / G;
     const Pair p{q + i * M * D, k + i * S * D, k_scale ? k_scale + i * S : nullptr, v + i * S * D,
                  v_scale ? v_scale + i * S : nullptr, pos + b * pos_stride, limit + b * limit_stride,
                  out + i * M * D, M, S};
+#ifdef __AVX512F__
+    if constexpr (std::is_same_v<T, float>) {
+      if (many_rows<T>(M, D)) return attend_rows(p, D, kt.data(), logits.data());
+    }
+#endif
     attend_any<T>(p, D, logits.data());
   }
 };

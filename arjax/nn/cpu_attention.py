@@ -24,13 +24,21 @@ SOURCE = pathlib.Path(__file__).with_suffix(".cc")
 TARGETS = {jnp.dtype(jnp.float32): ("arjax_decode_attention_f32", "ArjaxDecodeAttentionF32"),
            jnp.dtype(jnp.bfloat16): ("arjax_decode_attention_bf16", "ArjaxDecodeAttentionBF16"),
            jnp.dtype(jnp.int8): ("arjax_decode_attention_s8", "ArjaxDecodeAttentionS8")}
-MAX_ROWS = 16  # query rows per (row, kv head) the kernel takes; more (VAR's scales) are faster as XLA's GEMMs
+MAX_ROWS = 16  # query rows per (row, kv head) of the decode path; more take the many-row path (`many_rows`) or XLA
 MAX_HEAD_DIM = 256  # kMaxHeadDim in the kernel
 
 
 def available() -> bool:
   """Whether the kernel serves this process (`cpu_kernels.load`)."""
   return cpu_kernels.load(SOURCE, TARGETS.values())
+
+
+def many_rows(dtype, rows: int, head_dim: int) -> bool:
+  """Whether `rows` query rows per kv head take the kernel's many-row path (register-tiled products; VAR's larger
+  scales; 3x XLA's batched products at VAR-d16's last scale, `scripts/bench_cpu_attention.py`): more than MAX_ROWS,
+  an f32 cache, a head dim that is a multiple of 64, a CPU with AVX512F."""
+  return (jnp.dtype(dtype) == jnp.float32 and rows > MAX_ROWS and head_dim % 64 == 0
+          and "avx512f" in cpu_kernels.cpu_flags())
 
 
 def decode_attention(q_BGMD, k_BGSD, v_BGSD, pos_BS, limit_BM, k_scale_BGS=None, v_scale_BGS=None):

@@ -54,6 +54,26 @@ def test_causal_matches_reference(dtype, b, q, h, g, s, d):
 
 
 @needs_kernel
+@pytest.mark.parametrize("b,q,h,g,s,d,whole", [(2, 20, 4, 4, 70, 64, False), (1, 9, 8, 2, 130, 128, False),
+                                               (2, 35, 2, 2, 48, 64, True), (1, 17, 1, 1, 17, 64, False)])
+def test_many_rows_match_reference(b, q, h, g, s, d, whole):
+  """More than MAX_ROWS query rows per kv head over an f32 cache (VAR's scales) take the many-row path: rows off
+  its 6-row tile, slots off 16 and 64, head dims 64 and 128, GQA, causal (with empty slots) and whole units (a
+  filled cache); equal to xla_attention.
+  A bf16 cache with as many rows is left to XLA."""
+  q_BQHD, k, v, pos_BS = _case(5, b, q, h, g, s, d, written=s if whole else s - 5)  # a whole unit: every slot
+  assert cpu_attention.many_rows(jnp.float32, q * h // g, d) == ("avx512f" in cpu_kernels.cpu_flags())
+  q_idx_BQ = jnp.asarray(np.arange(q)[None] + np.asarray([[s - 5 - q], [max(s - 30, 0)]])[:b], jnp.int32)
+  mask = masks.block_causal((q,)) if whole else masks.causal()
+  call = lambda *a: attention.cached_attention(*a, mask, q_idx_BQ, pos_BS, whole_unit=whole)
+  assert "arjax_decode_attention_f32" in str(jax.make_jaxpr(call)(q_BQHD, k, v)) or not cpu_attention.many_rows(
+      jnp.float32, q * h // g, d)
+  want = attention.xla_attention(q_BQHD, k, v, None if whole else mask, q_idx_BQ=q_idx_BQ, k_idx_BK=pos_BS)
+  np.testing.assert_allclose(jax.jit(call)(q_BQHD, k, v), want, atol=2e-6 * float(jnp.abs(want).max()), rtol=1e-5)
+  assert not attention._cpu_serves(mask, whole, q_BQHD, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16))
+
+
+@needs_kernel
 def test_whole_unit_sees_every_written_slot_and_empty_rows_are_zeros():
   """whole_unit over a filled cache: every slot, whatever the queries' indices (mask=None in the reference); a
   row with no written slot gives zeros, as xla_attention does; the batch-1 pos of an aligned cache broadcasts."""
@@ -81,8 +101,9 @@ def test_gradients_are_the_references():
 
 @needs_kernel
 def test_dispatch():
-  """auto takes the kernel only for causal / whole-unit calls with <= MAX_ROWS query rows per kv head; impl='xla'
-  never; an int8 cache elsewhere is dequantised by XLA, and Pallas refuses it."""
+  """auto takes the kernel only for causal / whole-unit calls with <= MAX_ROWS query rows per kv head, or more over
+  an f32 cache with a head dim that is a multiple of 64 (the many-row path); impl='xla' never; an int8 cache
+  elsewhere is dequantised by XLA, and Pallas refuses it."""
   q_BQHD, k, v, pos_BS = _case(4, 1, 1, 2, 2, 8, 64, written=8)
   called = lambda fn: "arjax_decode_attention" in str(jax.make_jaxpr(fn)(q_BQHD))
   idx = jnp.full((1, 1), 7, jnp.int32)
@@ -91,7 +112,10 @@ def test_dispatch():
   assert not called(lambda q: attention.cached_attention(q, k, v, masks.block_causal((4, 4)), idx, pos_BS))
   rows = lambda n: jnp.zeros((1, n, 2, 64))  # n queries x 2 heads over 2 kv heads: n rows per kv head
   assert attention._cpu_serves(masks.causal(), False, rows(cpu_attention.MAX_ROWS), k, v)
-  assert not attention._cpu_serves(masks.causal(), False, rows(cpu_attention.MAX_ROWS + 1), k, v)
+  many = "avx512f" in cpu_kernels.cpu_flags()
+  assert attention._cpu_serves(masks.causal(), False, rows(cpu_attention.MAX_ROWS + 1), k, v) == many
+  for k_, v_, d in [(k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), 64), (k[..., :40], v[..., :40], 40)]:
+    assert not attention._cpu_serves(masks.causal(), False, rows(cpu_attention.MAX_ROWS + 1)[..., :d], k_, v_)
   int8 = cache_lib.quantize_layer(k)
   with pytest.raises(ValueError, match="int8 KV cache"):
     attention.cached_attention(q_BQHD, int8, int8, masks.causal(), idx, pos_BS, impl="pallas")
