@@ -288,6 +288,7 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
   const int64_t M = xd[0], K = xd[1], N = wd[1], Kp = (K + 3) / 4 * 4;
   if (static_cast<int64_t>(w_scale.element_count()) != N) return ffi::Error::InvalidArgument("w_scale [N] expected");
   if (M == 0 || N == 0) return ffi::Error::Success();
+  if (K == 0) return std::fill_n(y->typed_data(), M * N, 0.f), ffi::Error::Success();  // an empty sum
   auto a = bytes(M * Kp);
   std::vector<float> x_scale(M);
   const float* xs = x.typed_data();
@@ -309,6 +310,7 @@ ffi::Error Conv3x3(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   const int64_t B = xd[0], H = xd[1], W = xd[2], C = xd[3], N = wd[3], Hp = H + 2, Wp = W + 2;
   if (static_cast<int64_t>(w_scale.element_count()) != N) return ffi::Error::InvalidArgument("w_scale [N] expected");
   if (B * H * W == 0 || N == 0) return ffi::Error::Success();
+  if (C == 0) return std::fill_n(y->typed_data(), B * H * W * N, 0.f), ffi::Error::Success();
   // padded pixels, then the rows the last tiles' taps read past them (2 rows and 2 pixels)
   const int64_t M = B * Hp * Wp, rows = M + 2 * Wp + 2;
   auto a = bytes(rows * C);

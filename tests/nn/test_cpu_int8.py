@@ -62,6 +62,10 @@ def test_zero_rows_and_extreme_weights():
   np.testing.assert_array_equal(got[1], 0)
   np.testing.assert_allclose(got, _exact(x, w), rtol=1e-6)
   assert got[0, 0] == pytest.approx(1024 * 127 * 0.5 * (1 / 127) * 127, rel=1e-6)
+  empty = quant.Int8(q=jnp.zeros((0, 5), jnp.int8), scale=jnp.ones((1, 5)))  # an empty contraction sums to 0
+  np.testing.assert_array_equal(cpu_int8.matmul(jnp.ones((3, 0)), empty.q, empty.scale[0]), np.zeros((3, 5)))
+  np.testing.assert_array_equal(cpu_int8.conv3x3(jnp.ones((1, 2, 2, 0)), jnp.zeros((3, 3, 0, 5), jnp.int8),
+                                                 jnp.ones(5)), np.zeros((1, 2, 2, 5)))
 
 
 @needs_kernel
