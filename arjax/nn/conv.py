@@ -31,7 +31,7 @@ CHUNK_ROWS = 3072  # pixels (batch x rows x width) per product of conv3x3_rows
 # 160 -> 3 5.6x)
 WINOGRAD_MIN_CHANNELS = 128
 # int8 decoding: 3x3 decoder convs with >= this many channels in and out (and C a multiple of 4) run by the VNNI
-# kernel, 0.5-0.6x the Winograd time at VAR's decoder shapes (scripts/bench_conv.py)
+# kernel, 0.48-0.67x the Winograd time at VAR's decoder shapes (scripts/bench_conv.py)
 INT8_MIN_CHANNELS = 128
 
 
@@ -150,8 +150,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None
                          dimension_numbers=None, feature_group_count=1, precision=None):
   """lax.conv_general_dilated for flax's channels-last Conv, with the image decoders' inference kernels
   (`for_decoding`): an `Int8` kernel runs a SAME 3x3 conv by `cpu_int8.conv3x3` (others with its values); a
-  `Winograd` kernel runs a SAME 3x3 conv as `winograd_conv3x3` (others with its plain kernel); a bf16 kernel takes bf16 operands with f32 accumulation (output f32), and on CPU a SAME 3x3 one runs
-  as `conv3x3_rows` (GPU / TPU convs are native)."""
+  `Winograd` kernel runs a SAME 3x3 conv as `winograd_conv3x3` (others with its plain kernel); a bf16 kernel
+  takes bf16 operands with f32 accumulation (output f32), and on CPU a SAME 3x3 one runs as `conv3x3_rows` (GPU /
+  TPU convs are native)."""
   kw = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
             feature_group_count=feature_group_count, precision=precision)
   same_3x3 = _same_3x3(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count)

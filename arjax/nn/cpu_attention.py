@@ -39,8 +39,8 @@ def available() -> bool:
 
 def many_rows(dtype, rows: int, head_dim: int) -> bool:
   """Whether `rows` query rows per kv head take the kernel's many-row path (register-tiled products; VAR's larger
-  scales; 3x XLA's batched products at VAR-d16's last scale, `scripts/bench_cpu_attention.py`): more than MAX_ROWS,
-  an f32 cache, a head dim that is a multiple of 64, a CPU with AVX512F."""
+  scales; about half the time of XLA's batched products there, `scripts/bench_cpu_attention.py --var-scales`): more
+  than MAX_ROWS, an f32 cache, a head dim that is a multiple of 64, a CPU with AVX512F."""
   return (jnp.dtype(dtype) == jnp.float32 and rows > MAX_ROWS and head_dim % 64 == 0
           and "avx512f" in cpu_kernels.cpu_flags())
 
