@@ -10,8 +10,8 @@ timed in rounds over all of them (best per variant), so load drifts hit them ali
 layers), the ratio to XLA over f32, the cache's bytes and the machine load.
 
 --var-scales: the kernel's many-row path against XLA at VAR-d16's larger scales instead: one layer's whole-unit
-attention of a scale's pn x pn tokens against every token so far (f32 cache), 4 rows (batch 2 + CFG), 16 heads of
-64; ms per call (best over rounds) and GFLOP/s of the two products.
+attention of a scale's pn x pn tokens against every token so far, 4 rows (batch 2 + CFG), 16 heads of 64, over the
+same cache dtypes; ms per call (best over rounds) and GFLOP/s of the two products over the f32 cache.
 """
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ VAR_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR-d16's patch_nums
 
 
 def var_scales(rounds: int):
-  print("| scale | query rows | keys | XLA ms | kernel ms | kernel GFLOP/s | kernel / XLA |\n" + "|---" * 7 + "|")
+  names = list(VARIANTS)
+  print("| scale | query rows | keys | " + " | ".join(f"{n} ms" for n in names) +
+        " | kernel f32 GFLOP/s | kernel f32 / XLA f32 | kernel bf16 / XLA bf16 |\n" + "|---" * (len(names) + 6) + "|")
   rng = np.random.default_rng(0)
   for i, pn in enumerate(VAR_SCALES):
     rows, keys = pn * pn, sum(n * n for n in VAR_SCALES[:i + 1])
@@ -66,19 +68,24 @@ def var_scales(rounds: int):
     q, k, v = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in
                ((ROWS, rows, 16, 64), (ROWS, 16, keys, 64), (ROWS, 16, keys, 64)))
     pos, idx = jnp.arange(keys, dtype=jnp.int32)[None], jnp.arange(keys - rows, keys, dtype=jnp.int32)[None]
-    fns = {impl: jax.jit(lambda q, k, v, impl=impl: attention.cached_attention(
-        q, k, v, masks.causal(), idx, pos, whole_unit=True, filled=True, impl=impl)) for impl in ("xla", "auto")}
-    best = dict.fromkeys(fns, float("inf"))
-    for fn in fns.values():
-      jax.block_until_ready(fn(q, k, v))
+    held = {dtype: cache_lib.astype(cache_lib.KVCache(k=(k,), v=(v,), pos_BS=pos, end_B=jnp.full((ROWS,), keys)),
+                                    dtype) for dtype in {spec[1] for spec in VARIANTS.values()}}
+    calls = {name: (jax.jit(lambda q, k, v, impl=impl: attention.cached_attention(
+        q, k, v, masks.causal(), idx, pos, whole_unit=True, filled=True, impl=impl)), held[dtype].k[0],
+                    held[dtype].v[0]) for name, (impl, dtype) in VARIANTS.items()}
+    best = dict.fromkeys(calls, float("inf"))
+    for fn, k_c, v_c in calls.values():
+      jax.block_until_ready(fn(q, k_c, v_c))
     for _ in range(rounds):
-      for impl, fn in fns.items():
+      for name, (fn, k_c, v_c) in calls.items():
         t = time.perf_counter()
-        jax.block_until_ready(fn(q, k, v))
-        best[impl] = min(best[impl], time.perf_counter() - t)
+        jax.block_until_ready(fn(q, k_c, v_c))
+        best[name] = min(best[name], time.perf_counter() - t)
     flops = 4 * ROWS * 16 * rows * keys * 64
-    print(f"| {pn}x{pn} | {rows} | {keys} | {best['xla'] * 1e3:.2f} | {best['auto'] * 1e3:.2f} | "
-          f"{flops / best['auto'] / 1e9:.0f} | {best['auto'] / best['xla']:.2f} |")
+    ms = " | ".join(f"{best[n] * 1e3:.2f}" for n in names)
+    print(f"| {pn}x{pn} | {rows} | {keys} | {ms} | {flops / best['kernel, f32 cache'] / 1e9:.0f} | "
+          f"{best['kernel, f32 cache'] / best['XLA, f32 cache']:.2f} | "
+          f"{best['kernel, bf16 cache'] / best['XLA, bf16 cache']:.2f} |")
 
 
 def main():

@@ -150,7 +150,7 @@ def cached_attention(q_BQHD, k_BGSD, v_BGSD, mask, q_idx_BQ, pos_BS, *, window=N
 
 def _cpu_serves(mask, whole_unit, q_BQHD, k_BGSD, v_BGSD) -> bool:
   """Whether the CPU decode kernel takes this call: causal masks or whole units, head dim <= 256, and few query rows
-  per kv head or its many-row path (f32 caches)."""
+  per kv head or its many-row path (AVX512F, head dim a multiple of 64)."""
   rows = q_BQHD.shape[1] * q_BQHD.shape[2] // k_BGSD.shape[1]
   masked = not is_runtime(mask) and (whole_unit or isinstance(mask, masks_lib.Causal))
   dtypes = {jnp.dtype(k_BGSD.dtype), jnp.dtype(v_BGSD.dtype)} <= set(cpu_attention.TARGETS)

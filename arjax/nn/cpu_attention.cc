@@ -8,10 +8,11 @@
 // XLA:CPU intra-op threads. XLA's own products read an f32 cache at memory speed but a bf16 / int8 one at a
 // third of it (converted element by element); here the conversion is fused into the read.
 //
-// Many query rows over an f32 cache (VAR's larger scales: hundreds of rows per pair; head dim a multiple of 64;
-// AVX512F): register-tiled products instead (`attend_rows`), 6 rows at a time - the pair's keys transposed once into
-// [S / 16][D][16], a 6-row x 64-key tile of logits over D, the softmax per row, then a 6-row x 64-dim tile of
-// outputs over the slots. XLA:CPU runs these as batched products of [M, 64] x [64, S] at ~70 GFLOP/s.
+// Many query rows per pair (VAR's larger scales: hundreds of rows; head dim a multiple of 64; AVX512F):
+// register-tiled products instead (`attend_rows`), 6 rows at a time - the pair's keys converted to f32 (times their
+// scales) and transposed once into [S / 16][D][16], a bf16 / int8 pair's values converted once into [S, D], a 6-row
+// x 64-key tile of logits over D, the softmax per row, then a 6-row x 64-dim tile of outputs over the slots. XLA:CPU
+// runs these as batched products of [M, 64] x [64, S] at ~70 GFLOP/s.
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -138,9 +139,8 @@ constexpr bool kAvx512 = false;
 #endif
 
 // Whether `attend_rows` serves a pair of M rows (cpu_attention.many_rows mirrors this).
-template <typename T>
-bool many_rows(int64_t M, int64_t D) {
-  return kAvx512 && std::is_same_v<T, float> && M > kMaxDecodeRows && D % 64 == 0;
+inline bool many_rows(int64_t M, int64_t D) {
+  return kAvx512 && M > kMaxDecodeRows && D % 64 == 0;
 }
 
 #ifdef __AVX512F__
@@ -195,9 +195,10 @@ void tile_logits(const Pair& p, int64_t D, int64_t Sp, const float* kt, int64_t 
   }
 }
 
-// out rows [m0, m0 + 6) (those < M) = the weights w [6][Sp] (zero past S) times v [S, D], over 1 / sums.
-void tile_values(const Pair& p, int64_t D, int64_t Sp, const float* w, const float* sums, int64_t m0) {
-  const float* v = static_cast<const float*>(p.v);
+// out rows [m0, m0 + 6) (those < M) = the weights w [6][Sp] (zero past S) times the f32 values v [S, D], over
+// 1 / sums.
+void tile_values(const Pair& p, const float* v, int64_t D, int64_t Sp, const float* w, const float* sums,
+                 int64_t m0) {
   for (int64_t d0 = 0; d0 < D; d0 += 64) {
     ARJAX_TILE(ARJAX_ZERO)
     for (int64_t s = 0; s < p.S; ++s) {
@@ -245,19 +246,32 @@ float softmax_row(const int32_t* pos, int32_t limit, int64_t S, int64_t Sp, floa
   return _mm512_reduce_add_ps(sum);
 }
 
-// A pair with many query rows over an f32 cache: scratch kt [Sp * D], logits [6 * Sp].
-void attend_rows(const Pair& p, int64_t D, float* kt, float* logits) {
+// A pair with many query rows: scratch kt [Sp * D], vf [S * D] (bf16 / int8 caches), logits [6 * Sp].
+template <typename T>
+void attend_rows(const Pair& p, int64_t D, float* kt, float* vf, float* logits) {
   const int64_t S = p.S, Sp = (S + 63) / 64 * 64;
-  const float* k = static_cast<const float*>(p.k);
-  for (int64_t s = 0; s < Sp; ++s)
-    for (int64_t d = 0; d < D; ++d) kt[(s / 16 * D + d) * 16 + s % 16] = s < S ? k[s * D + d] : 0.f;
+  const T* k = static_cast<const T*>(p.k);
+  for (int64_t s = 0; s < Sp; ++s) {
+    const float scale = s < S && p.k_scale ? p.k_scale[s] : 1.f;
+    for (int64_t d = 0; d < D; ++d) kt[(s / 16 * D + d) * 16 + s % 16] = s < S ? to_f32(k[s * D + d]) * scale : 0.f;
+  }
+  const float* v = static_cast<const float*>(p.v);
+  if constexpr (!std::is_same_v<T, float>) {
+    const T* held = static_cast<const T*>(p.v);
+    for (int64_t s = 0; s < S; ++s) {
+      const float scale = p.v_scale ? p.v_scale[s] : 1.f;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) vf[s * D + d] = to_f32(held[s * D + d]) * scale;
+    }
+    v = vf;
+  }
   for (int64_t m0 = 0; m0 < p.M; m0 += kTileRows) {
     tile_logits(p, D, Sp, kt, m0, logits);
     float sums[kTileRows] = {};
     for (int64_t i = 0; i < kTileRows && m0 + i < p.M; ++i) {
       sums[i] = softmax_row(p.pos, p.limit[m0 + i], S, Sp, logits + i * Sp);
     }
-    tile_values(p, D, Sp, logits, sums, m0);
+    tile_values(p, v, D, Sp, logits, sums, m0);
   }
 }
 #endif  // __AVX512F__
@@ -276,10 +290,13 @@ struct PairTask {
   const int32_t *pos, *limit;
   float* out;
   int64_t G, M, S, D, pos_stride, limit_stride;
-  std::vector<float> logits, kt;  // per thread: parallel_for gives each its own copy
+  std::vector<float> logits, kt, vf;  // per thread: parallel_for gives each its own copy
   void begin() {
+    if (!many_rows(M, D)) return logits.resize(S);
     const int64_t Sp = (S + 63) / 64 * 64;
-    many_rows<T>(M, D) ? (logits.resize(kTileRows * Sp), kt.resize(Sp * D)) : logits.resize(S);
+    logits.resize(kTileRows * Sp);
+    kt.resize(Sp * D);
+    if (!std::is_same_v<T, float>) vf.resize(S * D);
   }
   void operator()(int64_t i) {  // i = b * G + g
     const int64_t b = i / G;
@@ -287,9 +304,7 @@ struct PairTask {
                  v_scale ? v_scale + i * S : nullptr, pos + b * pos_stride, limit + b * limit_stride,
                  out + i * M * D, M, S};
 #ifdef __AVX512F__
-    if constexpr (std::is_same_v<T, float>) {
-      if (many_rows<T>(M, D)) return attend_rows(p, D, kt.data(), logits.data());
-    }
+    if (many_rows(M, D)) return attend_rows<T>(p, D, kt.data(), vf.data(), logits.data());
 #endif
     attend_any<T>(p, D, logits.data());
   }

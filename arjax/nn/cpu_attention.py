@@ -6,9 +6,9 @@ conversion into its reads: over LlamaGen-B's 12 layers at 1024 cached tokens (ba
 4.5 ms a step, a bf16 one 6.2 ms and an f32 one 10.2 ms, against 12.3 ms for XLA over f32
 (`scripts/bench_cpu_attention.py`, no-AMX Xeon, 2 cores).
 
-Many query rows per kv head over an f32 cache (VAR's larger scales) take a second path of the same kernel on CPUs
-with AVX512F (`many_rows`): register-tiled products at 0.48-0.55x the time of XLA's batched ones
-(`scripts/bench_cpu_attention.py --var-scales`).
+Many query rows per kv head (VAR's larger scales) take a second path of the same kernel on CPUs with AVX512F
+(`many_rows`): register-tiled products at 0.48-0.55x the time of XLA's batched ones over an f32 cache
+(`scripts/bench_cpu_attention.py --var-scales`); a bf16 or int8 cache is converted to f32 once per (row, kv head).
 
 Built and registered by `arjax.nn.cpu_kernels` (compiled on first use with the host's C++ compiler); `available()`
 says whether it serves this process (else `arjax.nn.attention` uses XLA). The reference is
@@ -40,8 +40,8 @@ def available() -> bool:
 def many_rows(dtype, rows: int, head_dim: int) -> bool:
   """Whether `rows` query rows per kv head take the kernel's many-row path (register-tiled products; VAR's larger
   scales; about half the time of XLA's batched products there, `scripts/bench_cpu_attention.py --var-scales`): more
-  than MAX_ROWS, an f32 cache, a head dim that is a multiple of 64, a CPU with AVX512F."""
-  return (jnp.dtype(dtype) == jnp.float32 and rows > MAX_ROWS and head_dim % 64 == 0
+  than MAX_ROWS, a cache dtype the kernel takes, a head dim that is a multiple of 64, a CPU with AVX512F."""
+  return (jnp.dtype(dtype) in TARGETS and rows > MAX_ROWS and head_dim % 64 == 0
           and "avx512f" in cpu_kernels.cpu_flags())
 
 

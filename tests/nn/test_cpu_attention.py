@@ -54,23 +54,24 @@ def test_causal_matches_reference(dtype, b, q, h, g, s, d):
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.int8])
 @pytest.mark.parametrize("b,q,h,g,s,d,whole", [(2, 20, 4, 4, 70, 64, False), (1, 9, 8, 2, 130, 128, False),
                                                (2, 35, 2, 2, 48, 64, True), (1, 17, 1, 1, 17, 64, False)])
-def test_many_rows_match_reference(b, q, h, g, s, d, whole):
-  """More than MAX_ROWS query rows per kv head over an f32 cache (VAR's scales) take the many-row path: rows off
-  its 6-row tile, slots off 16 and 64, head dims 64 and 128, GQA, causal (with empty slots) and whole units (a
-  filled cache); equal to xla_attention.
-  A bf16 cache with as many rows is left to XLA."""
+def test_many_rows_match_reference(dtype, b, q, h, g, s, d, whole):
+  """More than MAX_ROWS query rows per kv head (VAR's scales) take the many-row path over f32, bf16 and int8 caches:
+  rows off its 6-row tile, slots off 16 and 64, head dims 64 and 128, GQA, causal (with empty slots) and whole units
+  (a filled cache); equal to xla_attention over the values the cache holds."""
   q_BQHD, k, v, pos_BS = _case(5, b, q, h, g, s, d, written=s if whole else s - 5)  # a whole unit: every slot
-  assert cpu_attention.many_rows(jnp.float32, q * h // g, d) == ("avx512f" in cpu_kernels.cpu_flags())
+  k_c, v_c, k_ref, v_ref = _layers(k, v, dtype)
+  assert cpu_attention.many_rows(dtype, q * h // g, d) == ("avx512f" in cpu_kernels.cpu_flags())
   q_idx_BQ = jnp.asarray(np.arange(q)[None] + np.asarray([[s - 5 - q], [max(s - 30, 0)]])[:b], jnp.int32)
   mask = masks.block_causal((q,)) if whole else masks.causal()
   call = lambda *a: attention.cached_attention(*a, mask, q_idx_BQ, pos_BS, whole_unit=whole)
-  assert "arjax_decode_attention_f32" in str(jax.make_jaxpr(call)(q_BQHD, k, v)) or not cpu_attention.many_rows(
-      jnp.float32, q * h // g, d)
-  want = attention.xla_attention(q_BQHD, k, v, None if whole else mask, q_idx_BQ=q_idx_BQ, k_idx_BK=pos_BS)
-  np.testing.assert_allclose(jax.jit(call)(q_BQHD, k, v), want, atol=2e-6 * float(jnp.abs(want).max()), rtol=1e-5)
-  assert not attention._cpu_serves(mask, whole, q_BQHD, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16))
+  target = cpu_attention.TARGETS[jnp.dtype(dtype)][0]
+  assert (target in str(jax.make_jaxpr(call)(q_BQHD, k_c, v_c))) == cpu_attention.many_rows(dtype, q * h // g, d)
+  want = attention.xla_attention(q_BQHD, k_ref, v_ref, None if whole else mask, q_idx_BQ=q_idx_BQ, k_idx_BK=pos_BS)
+  np.testing.assert_allclose(jax.jit(call)(q_BQHD, k_c, v_c), want, atol=2e-6 * float(jnp.abs(want).max()),
+                             rtol=1e-5)
 
 
 @needs_kernel
@@ -101,9 +102,9 @@ def test_gradients_are_the_references():
 
 @needs_kernel
 def test_dispatch():
-  """auto takes the kernel only for causal / whole-unit calls with <= MAX_ROWS query rows per kv head, or more over
-  an f32 cache with a head dim that is a multiple of 64 (the many-row path); impl='xla' never; an int8 cache
-  elsewhere is dequantised by XLA, and Pallas refuses it."""
+  """auto takes the kernel only for causal / whole-unit calls with <= MAX_ROWS query rows per kv head, or more with
+  a head dim that is a multiple of 64 (the many-row path); impl='xla' never; an int8 cache elsewhere is dequantised
+  by XLA, and Pallas refuses it."""
   q_BQHD, k, v, pos_BS = _case(4, 1, 1, 2, 2, 8, 64, written=8)
   called = lambda fn: "arjax_decode_attention" in str(jax.make_jaxpr(fn)(q_BQHD))
   idx = jnp.full((1, 1), 7, jnp.int32)
@@ -114,8 +115,10 @@ def test_dispatch():
   assert attention._cpu_serves(masks.causal(), False, rows(cpu_attention.MAX_ROWS), k, v)
   many = "avx512f" in cpu_kernels.cpu_flags()
   assert attention._cpu_serves(masks.causal(), False, rows(cpu_attention.MAX_ROWS + 1), k, v) == many
-  for k_, v_, d in [(k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), 64), (k[..., :40], v[..., :40], 40)]:
-    assert not attention._cpu_serves(masks.causal(), False, rows(cpu_attention.MAX_ROWS + 1)[..., :d], k_, v_)
+  bf16 = k.astype(jnp.bfloat16), v.astype(jnp.bfloat16)
+  assert attention._cpu_serves(masks.causal(), False, rows(cpu_attention.MAX_ROWS + 1), *bf16) == many
+  assert not attention._cpu_serves(masks.causal(), False, rows(cpu_attention.MAX_ROWS + 1)[..., :40], k[..., :40],
+                                   v[..., :40])
   int8 = cache_lib.quantize_layer(k)
   with pytest.raises(ValueError, match="int8 KV cache"):
     attention.cached_attention(q_BQHD, int8, int8, masks.causal(), idx, pos_BS, impl="pallas")
