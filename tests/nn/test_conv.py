@@ -243,15 +243,18 @@ def test_int8_decoder_equals_quantised_reference(monkeypatch, layout):
 
 @pytest.mark.parametrize("shape,groups", [((2, 8, 6, 32), 8), ((3, 5, 12), 4), ((1, 4, 4, 6), 6)])
 def test_group_norm_equals_float64_reference(shape, groups):
-  """conv.GroupNorm (per-channel sums, then per group) has flax's parameter tree and equals a float64 numpy group
-  norm on inputs with a large mean and per-channel spreads (where a one-pass variance loses digits; flax's own
-  two-pass one is off by 1e-4 on the first case)."""
-  x = 50.0 + jax.random.normal(jax.random.PRNGKey(0), shape) * jnp.linspace(0.1, 3.0, shape[-1])
+  """conv.GroupNorm (per-channel statistics, combined per group) has flax's parameter tree and equals a float64
+  numpy group norm on inputs with a large mean, per-channel offsets (the between-channel part of a group's
+  variance) and per-channel spreads (where a one-pass variance loses digits; flax's own two-pass one is off by
+  1e-4 on the first case)."""
+  c = shape[-1]
+  x = 50.0 + jnp.linspace(-4.0, 4.0, c)[::-1] + jax.random.normal(jax.random.PRNGKey(0), shape) * jnp.linspace(
+      0.1, 3.0, c)
   ours = conv_lib.GroupNorm(groups)
   params = flax.linen.GroupNorm(groups, epsilon=1e-6).init(jax.random.PRNGKey(1), x)
   assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
-  scale, bias = (jax.random.uniform(jax.random.PRNGKey(i), (shape[-1],)) + 0.5 for i in (2, 3))
-  x64 = np.asarray(x, np.float64).reshape(shape[0], -1, groups, shape[-1] // groups)
+  scale, bias = (jax.random.uniform(jax.random.PRNGKey(i), (c,)) + 0.5 for i in (2, 3))
+  x64 = np.asarray(x, np.float64).reshape(shape[0], -1, groups, c // groups)
   mean, var = x64.mean((1, 3), keepdims=True), x64.var((1, 3), keepdims=True)
   want = ((x64 - mean) / np.sqrt(var + 1e-6)).reshape(shape) * np.asarray(scale) + np.asarray(bias)
   got = jax.jit(ours.apply)({"params": {"scale": scale, "bias": bias}}, x)
