@@ -10,7 +10,9 @@
 // Each work item is (64-column panel, block of rows): the panel of w is repacked into the thread's scratch as
 // [K/4][4 vectors][16 lanes][4 k] (4 rows of w interleaved in registers) with its column sums, then a 6-row x
 // 64-column tile of int32 accumulators (24 of the 32 vector registers) stays in registers over all of K. The
-// repacking reads w once per item, so decoding (a few rows) reads each weight once, as the product must.
+// repacking reads w once per item, so decoding (a few rows) reads each weight once, as the product must. A last
+// panel of at most 32 columns (N = 160: the image decoders' widest level) is packed as 2 vectors and runs a
+// 6-row x 32-column tile instead of computing 64 columns for 32.
 //
 // The SAME 3x3 stride-1 convolution (image decoders) runs on the same tile: each pixel of x [B, H, W, C] is
 // quantised on its own (over its C channels) into a zero-padded [B, H + 2, W + 2] grid of rows, flattened, so that
@@ -39,8 +41,15 @@ constexpr int64_t kPanel = 64;  // columns per panel: 4 vectors of 16 int32 lane
 constexpr int64_t kBlockRows = 256;
 
 // Packed vector j, lane l holds column 16 (l / 4) + 4 j + l % 4 of its panel: the order the in-register
-// interleave of 4 rows of w yields (unpacks act within 128-bit lanes); `to_columns` puts tiles back in order.
-inline int64_t packed_column(int64_t j, int64_t l) { return 16 * (l >> 2) + 4 * j + (l & 3); }
+// interleave of 4 rows of w yields (unpacks act within 128-bit lanes); `to_columns` puts tiles back in order. A
+// 2-vector (32-column) panel holds the same interleave of 256-bit rows: lane l of vector j holds column
+// 16 ((l / 4) % 2) + 4 (2 j + l / 8) + l % 4.
+inline int64_t packed_column(int64_t j, int64_t l, int64_t vectors) {
+  return vectors == 4 ? 16 * (l >> 2) + 4 * j + (l & 3) : 16 * ((l >> 2) & 1) + 4 * (2 * j + (l >> 3)) + (l & 3);
+}
+
+// Vectors per panel from column n0: 2 for a last panel of at most 32 columns, else 4.
+inline int64_t panel_vectors(int64_t N, int64_t n0) { return N - n0 <= kPanel / 2 ? 2 : 4; }
 
 // One row of x (K floats) -> u8 q + 128 in out[0, Kp) (Kp = K rounded up to 4, padded with 128: the value 0);
 // returns its scale.
@@ -66,16 +75,28 @@ float quantize_row(const float* row, int64_t K, int64_t Kp, uint8_t* out) {
   return s;
 }
 
-// Columns [n0, n0 + 64) of w [K, N] -> panel [Kp / 4][4][16][4] (zeros past K and N), and 128 x its column sums
-// (packed order, 4 vectors) over each segment of `seg4` groups of 4 rows (the convolution's taps; a product's whole
-// K is one segment) into sums128[segment * 4 + j].
-void pack_panel(const int8_t* w, int64_t K, int64_t N, int64_t n0, int64_t seg4, int8_t* panel, __m512i* sums128) {
+// Columns [n0, n0 + 16 V) of w [K, N] -> panel [Kp / 4][V][16][4] (V = `vectors`; zeros past K and N), and
+// 128 x its column sums (packed order, V vectors) over each segment of `seg4` groups of 4 rows (the convolution's
+// taps; a product's whole K is one segment) into sums128[segment * 4 + j].
+void pack_panel(const int8_t* w, int64_t K, int64_t N, int64_t n0, int64_t seg4, int64_t vectors, int8_t* panel,
+                __m512i* sums128) {
   const int64_t K4 = (K + 3) / 4;
   const __m512i ones = _mm512_set1_epi8(1), z = _mm512_setzero_si512();
   __m512i sums[4] = {z, z, z, z};
   for (int64_t k4 = 0; k4 < K4; ++k4) {
-    int8_t* dst = panel + k4 * 4 * kPanel;
-    if (4 * k4 + 4 <= K && n0 + kPanel <= N) {
+    int8_t* dst = panel + k4 * vectors * 64;
+    if (4 * k4 + 4 <= K && vectors == 2 && n0 + kPanel / 2 <= N) {
+      const int8_t* src = w + 4 * k4 * N + n0;
+      const auto row = [&](int64_t i) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * N)); };
+      const __m256i r0 = row(0), r1 = row(1), r2 = row(2), r3 = row(3);
+      const __m256i t0 = _mm256_unpacklo_epi8(r0, r1), t1 = _mm256_unpackhi_epi8(r0, r1),
+                    t2 = _mm256_unpacklo_epi8(r2, r3), t3 = _mm256_unpackhi_epi8(r2, r3);
+      __m256i* out = reinterpret_cast<__m256i*>(dst);
+      _mm256_storeu_si256(out, _mm256_unpacklo_epi16(t0, t2));
+      _mm256_storeu_si256(out + 1, _mm256_unpackhi_epi16(t0, t2));
+      _mm256_storeu_si256(out + 2, _mm256_unpacklo_epi16(t1, t3));
+      _mm256_storeu_si256(out + 3, _mm256_unpackhi_epi16(t1, t3));
+    } else if (4 * k4 + 4 <= K && vectors == 4 && n0 + kPanel <= N) {
       const int8_t* src = w + 4 * k4 * N + n0;
       const __m512i r0 = _mm512_loadu_si512(src), r1 = _mm512_loadu_si512(src + N),
                     r2 = _mm512_loadu_si512(src + 2 * N), r3 = _mm512_loadu_si512(src + 3 * N);
@@ -86,14 +107,14 @@ void pack_panel(const int8_t* w, int64_t K, int64_t N, int64_t n0, int64_t seg4,
       _mm512_storeu_si512(dst + 128, _mm512_unpacklo_epi16(t1, t3));
       _mm512_storeu_si512(dst + 192, _mm512_unpackhi_epi16(t1, t3));
     } else {  // the edges, element by element in the same order
-      for (int64_t j = 0; j < 4; ++j)
+      for (int64_t j = 0; j < vectors; ++j)
         for (int64_t l = 0; l < 16; ++l)
           for (int64_t t = 0; t < 4; ++t) {
-            const int64_t k = 4 * k4 + t, n = n0 + packed_column(j, l);
+            const int64_t k = 4 * k4 + t, n = n0 + packed_column(j, l, vectors);
             dst[(j * 16 + l) * 4 + t] = k < K && n < N ? w[k * N + n] : 0;
           }
     }
-    for (int64_t j = 0; j < 4; ++j) sums[j] = _mm512_dpbusd_epi32(sums[j], ones, _mm512_loadu_si512(dst + 64 * j));
+    for (int64_t j = 0; j < vectors; ++j) sums[j] = _mm512_dpbusd_epi32(sums[j], ones, _mm512_loadu_si512(dst + 64 * j));
     if ((k4 + 1) % seg4 == 0 || k4 + 1 == K4) {
       for (int64_t j = 0; j < 4; ++j) sums128[k4 / seg4 * 4 + j] = _mm512_slli_epi32(sums[j], 7), sums[j] = z;
     }
@@ -110,12 +131,18 @@ inline void to_columns(__m512i a0, __m512i a1, __m512i a2, __m512i a3, __m512i* 
   out[3] = _mm512_shuffle_i32x4(s1, s3, 0xdd);
 }
 
-// The 4 packed f32 vectors of one row -> columns [n0, n0 + 64) of y_row (those < N), times the columns' scales.
+// The V packed f32 vectors of one row -> columns [n0, n0 + 16 V) of y_row (those < N), times the columns' scales.
+template <int V>
 inline void store_columns(const __m512* f, const float* w_scale, int64_t N, int64_t n0, float* y_row) {
   __m512i cols[4];
-  to_columns(_mm512_castps_si512(f[0]), _mm512_castps_si512(f[1]), _mm512_castps_si512(f[2]),
-             _mm512_castps_si512(f[3]), cols);
-  for (int64_t v = 0; v < 4; ++v) {
+  if constexpr (V == 4) {
+    to_columns(_mm512_castps_si512(f[0]), _mm512_castps_si512(f[1]), _mm512_castps_si512(f[2]),
+               _mm512_castps_si512(f[3]), cols);
+  } else {  // columns 0-15 are blocks 0, 2 of both vectors, 16-31 blocks 1, 3
+    cols[0] = _mm512_shuffle_i32x4(_mm512_castps_si512(f[0]), _mm512_castps_si512(f[1]), 0x88);
+    cols[1] = _mm512_shuffle_i32x4(_mm512_castps_si512(f[0]), _mm512_castps_si512(f[1]), 0xdd);
+  }
+  for (int64_t v = 0; v < V; ++v) {
     const int64_t n = n0 + 16 * v, left = std::clamp<int64_t>(N - n, 0, 16);
     if (!left) break;
     const __mmask16 in = left == 16 ? 0xffff : (1u << left) - 1;
@@ -134,24 +161,24 @@ inline __m512i broadcast4(const uint8_t* a) {  // 4 bytes into every int32 lane
   return _mm512_set1_epi32(four);
 }
 
-// R (<= 6) rows of u8 a (row i at a + i stride) x k4n groups of 4 packed panel rows, then out(i, 4 packed int32
-// sums) for each row. The 6 x 4 accumulators are named variables so that they stay in registers (as an array GCC
-// keeps them in memory).
-template <int R, typename Out>
+// R (<= 6) rows of u8 a (row i at a + i stride) x k4n groups of 4 rows of a V-vector panel, then out(i, 4 packed
+// int32 sums; the last 4 - V zero) for each row. The 6 x 4 accumulators are named variables so that they stay in
+// registers (as an array GCC keeps them in memory).
+template <int R, int V, typename Out>
 inline void tile(const uint8_t* a, int64_t stride, const int8_t* panel, int64_t k4n, Out&& out) {
   const __m512i z = _mm512_setzero_si512();
   __m512i c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z, c20 = z, c21 = z, c22 = z,
           c23 = z, c30 = z, c31 = z, c32 = z, c33 = z, c40 = z, c41 = z, c42 = z, c43 = z, c50 = z, c51 = z,
           c52 = z, c53 = z;
   for (int64_t k4 = 0; k4 < k4n; ++k4) {
-    const int8_t* b = panel + k4 * 4 * kPanel;
-    const __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 64), b2 = _mm512_loadu_si512(b + 128),
-                  b3 = _mm512_loadu_si512(b + 192);
-#define ARJAX_ROW(i)                                                            \
-  if constexpr (R > i) {                                                        \
-    const __m512i ai = broadcast4(a + i * stride + 4 * k4);                     \
-    dpbusd(c##i##0, ai, b0), dpbusd(c##i##1, ai, b1), dpbusd(c##i##2, ai, b2), \
-        dpbusd(c##i##3, ai, b3);                                                \
+    const int8_t* b = panel + k4 * V * 64;
+    const __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 64),
+                  b2 = V == 4 ? _mm512_loadu_si512(b + 128) : z, b3 = V == 4 ? _mm512_loadu_si512(b + 192) : z;
+#define ARJAX_ROW(i)                                                      \
+  if constexpr (R > i) {                                                  \
+    const __m512i ai = broadcast4(a + i * stride + 4 * k4);               \
+    dpbusd(c##i##0, ai, b0), dpbusd(c##i##1, ai, b1);                     \
+    if constexpr (V == 4) dpbusd(c##i##2, ai, b2), dpbusd(c##i##3, ai, b3); \
   }
     ARJAX_ROW(0) ARJAX_ROW(1) ARJAX_ROW(2) ARJAX_ROW(3) ARJAX_ROW(4) ARJAX_ROW(5)
 #undef ARJAX_ROW
@@ -164,17 +191,21 @@ inline void tile(const uint8_t* a, int64_t stride, const int8_t* panel, int64_t 
   if constexpr (R > 5) out(5, c50, c51, c52, c53);
 }
 
-// fn(std::integral_constant<int, r>) for r in 1 .. 6: a tile's row count as a template argument.
+// fn(std::integral_constant<int, r>, std::integral_constant<int, v>) for r in 1 .. 6 and v in {2, 4}: a tile's
+// row and vector counts as template arguments.
 template <typename F>
-inline void with_rows(int64_t r, F&& fn) {
-  switch (r) {
-    case 6: fn(std::integral_constant<int, 6>{}); break;
-    case 5: fn(std::integral_constant<int, 5>{}); break;
-    case 4: fn(std::integral_constant<int, 4>{}); break;
-    case 3: fn(std::integral_constant<int, 3>{}); break;
-    case 2: fn(std::integral_constant<int, 2>{}); break;
-    case 1: fn(std::integral_constant<int, 1>{}); break;
-  }
+inline void with_tile(int64_t r, int64_t v, F&& fn) {
+  const auto rows = [&](auto V) {
+    switch (r) {
+      case 6: fn(std::integral_constant<int, 6>{}, V); break;
+      case 5: fn(std::integral_constant<int, 5>{}, V); break;
+      case 4: fn(std::integral_constant<int, 4>{}, V); break;
+      case 3: fn(std::integral_constant<int, 3>{}, V); break;
+      case 2: fn(std::integral_constant<int, 2>{}, V); break;
+      case 1: fn(std::integral_constant<int, 1>{}, V); break;
+    }
+  };
+  v == 4 ? rows(std::integral_constant<int, 4>{}) : rows(std::integral_constant<int, 2>{});
 }
 
 // int32 sums minus 128 x the column sums, as floats.
@@ -188,12 +219,15 @@ struct PanelWalk {
   int64_t K, N, seg4, blocks;  // w [K, N]; row blocks per panel
   std::vector<int8_t> panel;
   std::vector<__m512i> sums128;
-  int64_t packed = -1;  // the panel now in scratch
+  int64_t packed = -1, vectors = 4;  // the panel now in scratch and its vectors
   void begin() { panel.resize((K + 3) / 4 * 4 * kPanel), sums128.resize(((K + 3) / 4 + seg4 - 1) / seg4 * 4); }
   void operator()(int64_t item) {
-    const int64_t nb = item / blocks, m0 = item % blocks * kBlockRows;
-    if (nb != packed) pack_panel(w, K, N, nb * kPanel, seg4, panel.data(), sums128.data()), packed = nb;
-    static_cast<Derived*>(this)->rows(nb * kPanel, m0, m0 + kBlockRows);
+    const int64_t nb = item / blocks, m0 = item % blocks * kBlockRows, n0 = nb * kPanel;
+    if (nb != packed) {
+      vectors = panel_vectors(N, n0), packed = nb;
+      pack_panel(w, K, N, n0, seg4, vectors, panel.data(), sums128.data());
+    }
+    static_cast<Derived*>(this)->rows(n0, m0, m0 + kBlockRows);
   }
 };
 
@@ -205,16 +239,14 @@ struct ProductTask : PanelWalk<ProductTask> {
   int64_t M, Kp;
   void rows(int64_t n0, int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < std::min(M, m1); m += kTileRows) {
-      with_rows(std::min(kTileRows, M - m), [&](auto R) {
-        tile<decltype(R)::value>(a + m * Kp, Kp, panel.data(), Kp / 4,
-                                 [&](int i, __m512i c0, __m512i c1, __m512i c2, __m512i c3) {
-                                   const __m512 xs = _mm512_set1_ps(x_scale[m + i]);
-                                   const __m512 f[4] = {_mm512_mul_ps(corrected(c0, sums128[0]), xs),
-                                                        _mm512_mul_ps(corrected(c1, sums128[1]), xs),
-                                                        _mm512_mul_ps(corrected(c2, sums128[2]), xs),
-                                                        _mm512_mul_ps(corrected(c3, sums128[3]), xs)};
-                                   store_columns(f, w_scale, N, n0, y + (m + i) * N);
-                                 });
+      with_tile(std::min(kTileRows, M - m), vectors, [&](auto R, auto V) {
+        tile<R, V>(a + m * Kp, Kp, panel.data(), Kp / 4, [&](int i, __m512i c0, __m512i c1, __m512i c2, __m512i c3) {
+          const __m512 xs = _mm512_set1_ps(x_scale[m + i]);
+          const __m512i c[4] = {c0, c1, c2, c3};
+          __m512 f[4];
+          for (int j = 0; j < V; ++j) f[j] = _mm512_mul_ps(corrected(c[j], sums128[j]), xs);
+          store_columns<V>(f, w_scale, N, n0, y + (m + i) * N);
+        });
       });
     }
   }
@@ -231,27 +263,27 @@ struct ConvTask : PanelWalk<ConvTask> {
   void rows(int64_t n0, int64_t m0, int64_t m1) {
     const int64_t Wp = W + 2;
     for (int64_t q = m0; q < std::min(M, m1); q += kTileRows) {
-      with_rows(std::min(kTileRows, M - q), [&](auto R) {
+      with_tile(std::min(kTileRows, M - q), vectors, [&](auto R, auto V) {
         std::memset(acc, 0, sizeof(acc));
         for (int64_t t = 0; t < 9; ++t) {
           const int64_t r = q + t / 3 * Wp + t % 3;
-          tile<decltype(R)::value>(a + r * C, C, panel.data() + t * C * kPanel, C / 4,
-                                   [&](int i, __m512i c0, __m512i c1, __m512i c2, __m512i c3) {
-                                     const __m512 s = _mm512_set1_ps(x_scale[r + i]);
-                                     const __m512i c[4] = {c0, c1, c2, c3};
-                                     for (int j = 0; j < 4; ++j) {
-                                       float* dst = acc[i] + 16 * j;
-                                       _mm512_storeu_ps(dst, _mm512_fmadd_ps(corrected(c[j], sums128[4 * t + j]), s,
-                                                                             _mm512_loadu_ps(dst)));
-                                     }
-                                   });
+          tile<R, V>(a + r * C, C, panel.data() + t * C * 16 * V, C / 4,
+                     [&](int i, __m512i c0, __m512i c1, __m512i c2, __m512i c3) {
+                       const __m512 s = _mm512_set1_ps(x_scale[r + i]);
+                       const __m512i c[4] = {c0, c1, c2, c3};
+                       for (int j = 0; j < V; ++j) {
+                         float* dst = acc[i] + 16 * j;
+                         _mm512_storeu_ps(dst, _mm512_fmadd_ps(corrected(c[j], sums128[4 * t + j]), s,
+                                                               _mm512_loadu_ps(dst)));
+                       }
+                     });
         }
-        for (int i = 0; i < decltype(R)::value; ++i) {
+        for (int i = 0; i < R; ++i) {
           const int64_t b = (q + i) / ((H + 2) * Wp), yy = (q + i) / Wp % (H + 2), xx = (q + i) % Wp;
           if (yy >= H || xx >= W) continue;
           const __m512 f[4] = {_mm512_loadu_ps(acc[i]), _mm512_loadu_ps(acc[i] + 16), _mm512_loadu_ps(acc[i] + 32),
                                _mm512_loadu_ps(acc[i] + 48)};
-          store_columns(f, w_scale, N, n0, y + ((b * H + yy) * W + xx) * N);
+          store_columns<V>(f, w_scale, N, n0, y + ((b * H + yy) * W + xx) * N);
         }
       });
     }

@@ -40,10 +40,11 @@ def _exact(x, w: quant.Int8):
 
 @needs_kernel
 @pytest.mark.parametrize("m,k,n", [(1, 64, 64), (4, 768, 2304), (7, 37, 70), (3, 5, 3), (11, 20, 130),
-                                   (300, 130, 200), (513, 256, 128)])
+                                   (300, 130, 200), (513, 256, 128), (9, 44, 160), (5, 30, 96)])
 def test_matches_exact_integer_sums_and_xla(m, k, n):
-  """Rows off the 6-row tile (remainders 1-5), K off the 4-deep step, N off the 64-column panel, several 256-row
-  blocks: the int32 sums are exact (the outputs equal numpy's int64 product to f32 rounding of the rescale), and
+  """Rows off the 6-row tile (remainders 1-5), K off the 4-deep step, N off the 64-column panel (last panels of
+  at most 32 columns take the 2-vector tile: 3, 6, 8, and exactly 32 columns), several 256-row blocks: the int32
+  sums are exact (the outputs equal numpy's int64 product to f32 rounding of the rescale), and
   equal XLA's int8 form (quant.int8_dot impl='xla')."""
   x, w = _case(m * 1000 + n, m, k, n)
   got = np.asarray(jax.jit(lambda x, w: quant.int8_dot(x, w, DOT, impl="cpu"))(x, w))
@@ -103,9 +104,10 @@ def _exact_conv(x, w: quant.Int8):
 
 @needs_kernel
 @pytest.mark.parametrize("b,h,w,c,d", [(1, 1, 1, 4, 3), (2, 5, 7, 8, 70), (1, 3, 50, 12, 130), (2, 9, 13, 36, 200),
-                                       (1, 20, 21, 16, 64)])
+                                       (1, 20, 21, 16, 64), (1, 6, 9, 20, 160), (2, 3, 4, 8, 32)])
 def test_conv3x3_matches_exact_integer_sums_and_xla(b, h, w, c, d):
-  """One pixel, rows off the 6-row tile, D off the 64-column panel, several 256-row blocks (22 x 23 padded
+  """One pixel, rows off the 6-row tile, D off the 64-column panel (last panels of at most 32 columns, as at the
+  decoders' 160 channels, take the 2-vector tile), several 256-row blocks (22 x 23 padded
   pixels): the kernel equals numpy's per-tap int64 sums rescaled (f32 rounding of the 9-tap sum), its XLA form
   `conv3x3_reference`, and the lax conv of the dequantised pixels and kernel."""
   rng = np.random.default_rng(b * 100 + d)
