@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cpu_parallel.h"
+#include "cpu_tile.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -130,7 +131,8 @@ void attend(const Pair& p, int64_t head_dim, float* logits /* [S] */) {
   }
 }
 
-constexpr int64_t kTileRows = 6, kMaxDecodeRows = 16;  // kMaxDecodeRows: cpu_attention.MAX_ROWS
+using arjax::kTileRows;
+constexpr int64_t kMaxDecodeRows = 16;  // cpu_attention.MAX_ROWS
 
 #ifdef __AVX512F__
 constexpr bool kAvx512 = true;
@@ -156,42 +158,18 @@ inline __m512 exp_nonpositive16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// Accumulators of a 6-row x 4-vector tile as named variables (as an array GCC keeps them on the stack).
-#define ARJAX_TILE(op) op(0) op(1) op(2) op(3) op(4) op(5)
-#define ARJAX_ZERO(i) __m512 a##i##0 = _mm512_setzero_ps(), a##i##1 = a##i##0, a##i##2 = a##i##0, a##i##3 = a##i##0;
-#define ARJAX_FMA(i)                                  \
-  {                                                   \
-    const __m512 xi = _mm512_set1_ps(ARJAX_X(i));     \
-    a##i##0 = _mm512_fmadd_ps(xi, y0, a##i##0);       \
-    a##i##1 = _mm512_fmadd_ps(xi, y1, a##i##1);       \
-    a##i##2 = _mm512_fmadd_ps(xi, y2, a##i##2);       \
-    a##i##3 = _mm512_fmadd_ps(xi, y3, a##i##3);       \
-  }
-#define ARJAX_OUT(i) ARJAX_STORE(i, a##i##0, a##i##1, a##i##2, a##i##3)
-
 // The 6 (or fewer: the last row repeats, its results unused) query rows from m0: logits [6][Sp] = q k^T over the
 // transposed keys kt [Sp / 16][D][16] (Sp = S rounded up to 64, zero keys past S).
 void tile_logits(const Pair& p, int64_t D, int64_t Sp, const float* kt, int64_t m0, float* logits) {
   const float* rows[kTileRows];
   for (int64_t i = 0; i < kTileRows; ++i) rows[i] = p.q + std::min(m0 + i, p.M - 1) * D;
-  for (int64_t s0 = 0; s0 < Sp; s0 += 64) {
-    ARJAX_TILE(ARJAX_ZERO)
-    const float* k0 = kt + s0 * D;  // 4 blocks of 16 keys, each [D][16]
-    for (int64_t d = 0; d < D; ++d) {
-      const __m512 y0 = _mm512_loadu_ps(k0 + d * 16), y1 = _mm512_loadu_ps(k0 + (D + d) * 16),
-                   y2 = _mm512_loadu_ps(k0 + (2 * D + d) * 16), y3 = _mm512_loadu_ps(k0 + (3 * D + d) * 16);
-#define ARJAX_X(i) rows[i][d]
-      ARJAX_TILE(ARJAX_FMA)
-#undef ARJAX_X
-    }
-#define ARJAX_STORE(i, c0, c1, c2, c3)                   \
-  {                                                      \
-    float* out = logits + i * Sp + s0;                   \
-    _mm512_storeu_ps(out, c0), _mm512_storeu_ps(out + 16, c1); \
-    _mm512_storeu_ps(out + 32, c2), _mm512_storeu_ps(out + 48, c3); \
-  }
-    ARJAX_TILE(ARJAX_OUT)
-#undef ARJAX_STORE
+  for (int64_t s0 = 0; s0 < Sp; s0 += 64) {  // 4 blocks of 16 keys, each [D][16]
+    arjax::tile6x64([&](int i, int64_t d) { return rows[i][d]; }, kt + s0 * D, 16, D * 16, D,
+                    [&](int i, __m512 c0, __m512 c1, __m512 c2, __m512 c3) {
+                      float* out = logits + i * Sp + s0;
+                      _mm512_storeu_ps(out, c0), _mm512_storeu_ps(out + 16, c1);
+                      _mm512_storeu_ps(out + 32, c2), _mm512_storeu_ps(out + 48, c3);
+                    });
   }
 }
 
@@ -200,30 +178,18 @@ void tile_logits(const Pair& p, int64_t D, int64_t Sp, const float* kt, int64_t 
 void tile_values(const Pair& p, const float* v, int64_t D, int64_t Sp, const float* w, const float* sums,
                  int64_t m0) {
   for (int64_t d0 = 0; d0 < D; d0 += 64) {
-    ARJAX_TILE(ARJAX_ZERO)
-    for (int64_t s = 0; s < p.S; ++s) {
-      const float* vs = v + s * D + d0;
-      const __m512 y0 = _mm512_loadu_ps(vs), y1 = _mm512_loadu_ps(vs + 16), y2 = _mm512_loadu_ps(vs + 32),
-                   y3 = _mm512_loadu_ps(vs + 48);
-#define ARJAX_X(i) w[i * Sp + s]
-      ARJAX_TILE(ARJAX_FMA)
-#undef ARJAX_X
-    }
-#define ARJAX_STORE(i, c0, c1, c2, c3)                                                  \
-  if (m0 + i < p.M) {                                                                   \
-    const __m512 inv = _mm512_set1_ps(sums[i] > 0.f ? 1.f / sums[i] : 0.f);            \
-    float* out = p.out + (m0 + i) * D + d0;                                             \
-    _mm512_storeu_ps(out, _mm512_mul_ps(c0, inv)), _mm512_storeu_ps(out + 16, _mm512_mul_ps(c1, inv)); \
-    _mm512_storeu_ps(out + 32, _mm512_mul_ps(c2, inv)), _mm512_storeu_ps(out + 48, _mm512_mul_ps(c3, inv)); \
-  }
-    ARJAX_TILE(ARJAX_OUT)
-#undef ARJAX_STORE
+    arjax::tile6x64([&](int i, int64_t s) { return w[i * Sp + s]; }, v + d0, D, 16, p.S,
+                    [&](int i, __m512 c0, __m512 c1, __m512 c2, __m512 c3) {
+                      if (m0 + i >= p.M) return;
+                      const __m512 inv = _mm512_set1_ps(sums[i] > 0.f ? 1.f / sums[i] : 0.f);
+                      float* out = p.out + (m0 + i) * D + d0;
+                      _mm512_storeu_ps(out, _mm512_mul_ps(c0, inv));
+                      _mm512_storeu_ps(out + 16, _mm512_mul_ps(c1, inv));
+                      _mm512_storeu_ps(out + 32, _mm512_mul_ps(c2, inv));
+                      _mm512_storeu_ps(out + 48, _mm512_mul_ps(c3, inv));
+                    });
   }
 }
-#undef ARJAX_TILE
-#undef ARJAX_ZERO
-#undef ARJAX_FMA
-#undef ARJAX_OUT
 
 // One row's logits [Sp] -> its softmax weights over the slots it sees (zeros elsewhere and past S); returns the
 // sum of the weights (the normalisation is applied to the outputs).

@@ -1,7 +1,7 @@
 """C++ kernels for XLA:CPU (the `.cc` files beside this one): compiled on first use, registered as XLA FFI targets.
 
 Each library is built with the host's C++ compiler (`$CXX`, default g++; `-march=native`) into
-`$ARJAX_KERNEL_CACHE` (default ~/.cache/arjax/kernels), keyed by its source, the shared header, the compiler and
+`$ARJAX_KERNEL_CACHE` (default ~/.cache/arjax/kernels), keyed by its source, the shared headers, the compiler and
 flags, jaxlib's version and the CPU's feature flags; concurrent builders each write a temporary file and rename
 it. `load` says whether a library serves this process: False off CPU, without a compiler, or with
 `ARJAX_CPU_KERNELS=0`, and the callers then use XLA.
@@ -22,7 +22,7 @@ import tempfile
 import jax
 
 HERE = pathlib.Path(__file__).parent
-HEADER = HERE / "cpu_parallel.h"  # included by every kernel source
+HEADERS = (HERE / "cpu_parallel.h", HERE / "cpu_tile.h")  # included by the kernel sources
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fassociative-math", "-fno-signed-zeros",
          "-fno-trapping-math", "-shared", "-fPIC")  # reassociation: reductions (a slot's dot) run as trees
 
@@ -40,7 +40,7 @@ def cpu_flags() -> frozenset:
 
 def library_path(source: pathlib.Path, compiler: str) -> pathlib.Path:
   """Where the library built from `source` for this compiler, jaxlib and CPU lives."""
-  key = hashlib.sha256("\n".join([source.read_text(), HEADER.read_text(), compiler, " ".join(FLAGS),
+  key = hashlib.sha256("\n".join([source.read_text(), *(h.read_text() for h in HEADERS), compiler, " ".join(FLAGS),
                                   jax.__version__, " ".join(sorted(cpu_flags())),
                                   platform.machine()]).encode()).hexdigest()[:16]
   root = os.environ.get("ARJAX_KERNEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "arjax", "kernels")
