@@ -164,7 +164,7 @@ void tile_logits(const Pair& p, int64_t D, int64_t Sp, const float* kt, int64_t 
   const float* rows[kTileRows];
   for (int64_t i = 0; i < kTileRows; ++i) rows[i] = p.q + std::min(m0 + i, p.M - 1) * D;
   for (int64_t s0 = 0; s0 < Sp; s0 += 64) {  // 4 blocks of 16 keys, each [D][16]
-    arjax::tile6x64([&](int i, int64_t d) { return rows[i][d]; }, kt + s0 * D, 16, D * 16, D,
+    arjax::tile6x64([&](int i, int64_t d) { return rows[i][d]; }, arjax::strided(kt + s0 * D, 16, D * 16), D,
                     [&](int i, __m512 c0, __m512 c1, __m512 c2, __m512 c3) {
                       float* out = logits + i * Sp + s0;
                       _mm512_storeu_ps(out, c0), _mm512_storeu_ps(out + 16, c1);
@@ -178,7 +178,7 @@ void tile_logits(const Pair& p, int64_t D, int64_t Sp, const float* kt, int64_t 
 void tile_values(const Pair& p, const float* v, int64_t D, int64_t Sp, const float* w, const float* sums,
                  int64_t m0) {
   for (int64_t d0 = 0; d0 < D; d0 += 64) {
-    arjax::tile6x64([&](int i, int64_t s) { return w[i * Sp + s]; }, v + d0, D, 16, p.S,
+    arjax::tile6x64([&](int i, int64_t s) { return w[i * Sp + s]; }, arjax::strided(v + d0, D, 16), p.S,
                     [&](int i, __m512 c0, __m512 c1, __m512 c2, __m512 c3) {
                       if (m0 + i >= p.M) return;
                       const __m512 inv = _mm512_set1_ps(sums[i] > 0.f ? 1.f / sums[i] : 0.f);

@@ -114,7 +114,9 @@ void pack_panel(const int8_t* w, int64_t K, int64_t N, int64_t n0, int64_t seg4,
             dst[(j * 16 + l) * 4 + t] = k < K && n < N ? w[k * N + n] : 0;
           }
     }
-    for (int64_t j = 0; j < vectors; ++j) sums[j] = _mm512_dpbusd_epi32(sums[j], ones, _mm512_loadu_si512(dst + 64 * j));
+    for (int64_t j = 0; j < vectors; ++j) {
+      sums[j] = _mm512_dpbusd_epi32(sums[j], ones, _mm512_loadu_si512(dst + 64 * j));
+    }
     if ((k4 + 1) % seg4 == 0 || k4 + 1 == K4) {
       for (int64_t j = 0; j < 4; ++j) sums128[k4 / seg4 * 4 + j] = _mm512_slli_epi32(sums[j], 7), sums[j] = z;
     }
@@ -290,20 +292,6 @@ struct ConvTask : PanelWalk<ConvTask> {
   }
 };
 
-template <typename F>
-struct Rows {  // fn(row) for each row of a 64-row chunk of [0, n)
-  int64_t n;
-  F fn;
-  void begin() {}
-  void operator()(int64_t i) {
-    for (int64_t r = i * 64; r < std::min(n, i * 64 + 64); ++r) fn(r);
-  }
-};
-template <typename F>
-void for_rows(ffi::ThreadPool& pool, int64_t n, bool parallel, F fn) {
-  arjax::parallel_for(pool, (n + 63) / 64, parallel, Rows<F>{n, fn});
-}
-
 // Splitting pays above ~256k weight entries or 16M products (a few microseconds of work is less than a hand-off).
 bool worth_threads(int64_t M, int64_t K, int64_t N) {
   return K * N >= (int64_t{1} << 18) || M * K * N >= (int64_t{1} << 24);
@@ -324,8 +312,8 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
   auto a = bytes(M * Kp);
   std::vector<float> x_scale(M);
   const float* xs = x.typed_data();
-  for_rows(pool, M, M * K >= (int64_t{1} << 18),
-           [&, K, Kp](int64_t m) { x_scale[m] = quantize_row(xs + m * K, K, Kp, a.get() + m * Kp); });
+  arjax::for_rows(pool, M, M * K >= (int64_t{1} << 18),
+                  [&, K, Kp](int64_t m) { x_scale[m] = quantize_row(xs + m * K, K, Kp, a.get() + m * Kp); });
   const int64_t blocks = (M + kBlockRows - 1) / kBlockRows, panels = (N + kPanel - 1) / kPanel;
   ProductTask task{{reinterpret_cast<const int8_t*>(w.untyped_data()), K, N, Kp / 4, blocks},
                    a.get(), x_scale.data(), w_scale.typed_data(), y->typed_data(), M, Kp};
@@ -348,7 +336,7 @@ ffi::Error Conv3x3(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   auto a = bytes(rows * C);
   std::vector<float> x_scale(rows);
   const float* xs = x.typed_data();
-  for_rows(pool, rows, rows * C >= (int64_t{1} << 18), [&, C, H, W, Hp, Wp, M](int64_t r) {
+  arjax::for_rows(pool, rows, rows * C >= (int64_t{1} << 18), [&, C, H, W, Hp, Wp, M](int64_t r) {
     const int64_t b = r / (Hp * Wp), yy = r / Wp % Hp - 1, xx = r % Wp - 1;
     if (r < M && yy >= 0 && yy < H && xx >= 0 && xx < W) {
       x_scale[r] = quantize_row(xs + ((b * H + yy) * W + xx) * C, C, C, a.get() + r * C);

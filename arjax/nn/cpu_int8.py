@@ -4,7 +4,7 @@ Why: XLA:CPU runs an int8 x int8 -> int32 dot at its f32 rate (VAR-d16's [2720, 
 80 ms f32, no-AMX Xeon, 2 cores), so int8 weights only paid where decoding is bound by reading them. The kernel
 multiplies with vpdpbusd (4 u8 x s8 pairs per int32 lane) and fuses the activations' per-row quantisation and the
 rescaling: 22 ms there, and a decoding step's matrix-vector products read the weights at memory speed
-(`scripts/bench_int8_matmul.py`, side by side with XLA).
+(`scripts/bench_dense_kernels.py`, side by side with XLA).
 
 `conv3x3` runs the image decoders' SAME 3x3 convolutions on the same tile, each pixel quantised over its channels
 (`conv3x3_reference` is its XLA form).

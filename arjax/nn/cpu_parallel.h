@@ -1,5 +1,5 @@
-// Work sharing for the XLA FFI kernels of arjax/nn (cpu_attention.cc, cpu_int8.cc) over XLA:CPU's intra-op
-// threads.
+// Work sharing for the XLA FFI kernels of arjax/nn (cpu_attention.cc, cpu_int8.cc, cpu_bf16.cc) over XLA:CPU's
+// intra-op threads.
 #ifndef ARJAX_NN_CPU_PARALLEL_H_
 #define ARJAX_NN_CPU_PARALLEL_H_
 
@@ -33,6 +33,22 @@ void parallel_for(xla::ffi::ThreadPool& pool, int64_t n, bool parallel, F fn) {
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work]() mutable { work(); });
   work();
   while (c->done.load() < n) std::this_thread::yield();
+}
+
+template <typename F>
+struct Rows {  // fn(row) for each row of a 64-row chunk of [0, n)
+  int64_t n;
+  F fn;
+  void begin() {}
+  void operator()(int64_t i) {
+    for (int64_t r = i * 64; r < std::min(n, i * 64 + 64); ++r) fn(r);
+  }
+};
+
+// fn(r) for r in [0, n), in chunks of 64 rows shared as parallel_for's items.
+template <typename F>
+void for_rows(xla::ffi::ThreadPool& pool, int64_t n, bool parallel, F fn) {
+  parallel_for(pool, (n + 63) / 64, parallel, Rows<F>{n, fn});
 }
 
 }  // namespace arjax

@@ -4,8 +4,10 @@ Both are chosen by the *params*, not by flags threaded through modules: `layers.
 (drop-ins for flax's, same parameter names) read their kernel and
   - f32 kernel: the plain f32 dot (training, reference sampling);
   - bf16 kernel (`cast(params, jnp.bfloat16)`): operands in bf16, accumulation and output in f32 - on CPUs with
-    AMX / AVX512-BF16, XLA takes the fast path only when the dot accumulates into f32 (a bf16 x bf16 -> bf16 dot
-    is no faster than f32, and much slower for the skinny products of token-by-token decoding);
+    AMX, XLA takes the fast path only when the dot accumulates into f32 (a bf16 x bf16 -> bf16 dot is no faster
+    than f32, and much slower for the skinny products of token-by-token decoding); on CPUs with AVX512F the C++
+    kernel arjax.nn.cpu_bf16 (XLA:CPU without AMX converts bf16 operands element by element: slower than f32
+    although half the bytes), on AMX CPUs for decoding's few rows only;
   - `Int8` kernel (`quantize(params)`): per-output-channel symmetric int8 weights; the activations are quantised
     per row on the fly (symmetric, absmax / 127) and the product is one int8 x int8 -> int32 dot, rescaled by
     (activation scale x channel scale): on CPUs with AVX512-VNNI the C++ kernel arjax.nn.cpu_int8 (XLA:CPU's int8
@@ -36,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arjax.nn import cpu_int8
+from arjax.nn import cpu_bf16, cpu_int8
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 LOGIT_HEADS = ("head", "lm_head")  # names of the Dense modules that produce logits: never int8
@@ -209,6 +211,13 @@ def _kernel_form(lhs, rhs, dimension_numbers) -> bool:
   return tuple(lc) == tuple(range(lhs.ndim - n, lhs.ndim)) and tuple(rc) == tuple(range(n))
 
 
+def _matrix_product(kernel, lhs, w, n: int, *args):
+  """kernel(lhs [M, K], w [K, N], *args) for a product of `_kernel_form` contracting n axes, in the dot's shape."""
+  k = int(np.prod(w.shape[:n]))
+  y = kernel(lhs.reshape(-1, k), w.reshape(k, -1), *args)
+  return y.reshape(*lhs.shape[:lhs.ndim - n], *w.shape[n:])
+
+
 def int8_dot(lhs, rhs: Int8, dimension_numbers, impl: str = "auto"):
   """lhs (float) . rhs (Int8) in f32: lhs quantised per row (over its contracted axes), an int8 x int8 -> int32
   product, rescaled by the row and channel scales. impl 'xla': XLA's int8 dot; 'cpu': the AVX512-VNNI kernel
@@ -223,16 +232,12 @@ def int8_dot(lhs, rhs: Int8, dimension_numbers, impl: str = "auto"):
     raise ValueError(f"int8 dot impl must be 'auto', 'xla' or 'cpu', got {impl!r}")
   free_lhs = [a for a in range(lhs.ndim) if a not in lc]
   free_rhs = [a for a in range(rhs.ndim) if a not in rc]
-  out_shape = [lhs.shape[a] for a in free_lhs] + [rhs.shape[a] for a in free_rhs]
   form = _kernel_form(lhs, rhs, dimension_numbers)
   if impl == "cpu" and not form:
     raise ValueError(f"the CPU int8 kernel contracts lhs's trailing and rhs's leading axes, got {dimension_numbers}")
   if impl == "cpu" or (impl == "auto" and form and cpu_int8.available()):
-    n = len(rc)
-    k = int(np.prod(rhs.shape[:n]))
-    w_scale_N = jnp.broadcast_to(rhs.scale.reshape(rhs.scale.shape[n:]), rhs.shape[n:]).reshape(-1)
-    y = cpu_int8.matmul(lhs.reshape(-1, k), rhs.q.reshape(k, -1), w_scale_N)
-    return y.reshape(out_shape)
+    w_scale_N = jnp.broadcast_to(rhs.scale.reshape(rhs.scale.shape[len(rc):]), rhs.shape[len(rc):]).reshape(-1)
+    return _matrix_product(cpu_int8.matmul, lhs, rhs.q, len(rc), w_scale_N)
   x = symmetric(lhs, lc)
   acc = jax.lax.dot_general(x.q, rhs.q, dimension_numbers, preferred_element_type=jnp.int32)
   x_s = x.scale.reshape([lhs.shape[a] for a in free_lhs] + [1] * len(free_rhs))
@@ -240,12 +245,24 @@ def int8_dot(lhs, rhs: Int8, dimension_numbers, impl: str = "auto"):
   return acc.astype(jnp.float32) * x_s * w_s
 
 
+def bf16_dot(lhs, rhs, dimension_numbers, precision=None, impl: str = "auto"):
+  """lhs . rhs (a bf16 kernel) with bf16 operands, products and sums in f32. impl 'xla': XLA's dot; 'auto': on CPU
+  the AVX512 kernel (arjax.nn.cpu_bf16) where it serves products of this size and form, else XLA's."""
+  (lc, rc), (lb, rb) = dimension_numbers
+  if impl not in ("auto", "xla"):
+    raise ValueError(f"bf16 dot impl must be 'auto' or 'xla', got {impl!r}")
+  rows = int(np.prod([lhs.shape[a] for a in range(lhs.ndim) if a not in lc]))
+  if impl == "auto" and not (lb or rb) and _kernel_form(lhs, rhs, dimension_numbers) and cpu_bf16.serves(rows):
+    return _matrix_product(cpu_bf16.matmul, lhs, rhs, len(rc))
+  return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=jnp.float32)
+
+
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
   """lax.dot_general for Dense layers: Int8 kernels -> int8 dot; bf16 kernels -> bf16 operands, f32 result."""
   if isinstance(rhs, Int8):
     return int8_dot(lhs, rhs, dimension_numbers)
   if rhs.dtype == jnp.bfloat16:
-    return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=jnp.float32)
+    return bf16_dot(lhs, rhs, dimension_numbers, precision)
   return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                              preferred_element_type=preferred_element_type)

@@ -1,7 +1,4 @@
 """The CPU decode-attention kernel (arjax/nn/cpu_attention.cc) against the jnp reference `xla_attention`."""
-import os
-import shutil
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,10 +9,9 @@ from arjax import cache as cache_lib
 from arjax import masks
 from arjax.nn import attention, cpu_attention, cpu_kernels
 from arjax.nn.transformer import Transformer, TransformerConfig
+from conftest import needs_cpu_kernel
 
-HAS_CXX = shutil.which(os.environ.get("CXX", "g++")) is not None
-needs_kernel = pytest.mark.skipif(jax.default_backend() != "cpu" or not HAS_CXX,
-                                  reason="a CPU kernel, built with the host's C++ compiler")
+needs_kernel = needs_cpu_kernel()
 
 
 def _case(seed, b, q, h, g, s, d, written):

@@ -1,26 +1,21 @@
 """The AVX512-VNNI int8 kernels (arjax/nn/cpu_int8.cc) - Dense products and 3x3 convolutions - against exact
 integer sums and their XLA forms."""
-import os
-import shutil
-
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arjax.nn import cpu_int8, cpu_kernels, layers, quant
+from arjax.nn import cpu_int8, quant
+from conftest import dense_layer_cases, needs_cpu_kernel, random_rows
 
 DOT = (((1,), (0,)), ((), ()))
-needs_kernel = pytest.mark.skipif(
-    jax.default_backend() != "cpu" or shutil.which(os.environ.get("CXX", "g++")) is None
-    or "avx512_vnni" not in cpu_kernels.cpu_flags(), reason="a CPU kernel for AVX512-VNNI, built with a C++ compiler")
+needs_kernel = needs_cpu_kernel("avx512_vnni")
 
 
 def _case(seed, m, k, n):
-  rng = np.random.default_rng(seed)
-  x = rng.standard_normal((m, k)).astype(np.float32) * rng.uniform(0.1, 3.0, (m, 1)).astype(np.float32)
-  return jnp.asarray(x), quant.quantize_kernel(jnp.asarray(rng.standard_normal((k, n)), jnp.float32))
+  """x [m, k] with per-row spreads 0.1-3, w [k, n] int8."""
+  x, w = random_rows(seed, m, k, n)
+  return x, quant.quantize_kernel(w)
 
 
 def _quantize_rows(x):
@@ -74,17 +69,12 @@ def test_dense_layers_dispatch_to_the_kernel(monkeypatch):
   """Dense (one contracted axis) and an output projection contracting (heads, head_dim): the jaxpr holds the
   kernel's target under impl 'auto', and the result equals XLA's int8 form; with ARJAX_CPU_KERNELS=0 XLA
   serves."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4, 16))
-  for module, inputs in [(layers.Dense(48), x.reshape(2, 5, 64)), (layers.DenseGeneral(32, axis=(-2, -1)), x)]:
-    params = quant.quantize(nn.meta.unbox(module.init(jax.random.PRNGKey(1), inputs)), min_size=0)
-    apply = lambda x: module.apply(params, x)
+  for apply, inputs, kernel, dn, bias in dense_layer_cases(lambda p: quant.quantize(p, min_size=0)):
     assert "arjax_int8_matmul" in str(jax.make_jaxpr(apply)(inputs))
-    kernel = params["params"]["kernel"]
-    dn = ((tuple(range(inputs.ndim - kernel.ndim + 1, inputs.ndim)), tuple(range(kernel.ndim - 1))), ((), ()))
-    want = quant.int8_dot(inputs, kernel, dn, impl="xla") + params["params"]["bias"]
+    want = quant.int8_dot(inputs, kernel, dn, impl="xla") + bias
     np.testing.assert_allclose(jax.jit(apply)(inputs), want, rtol=1e-5, atol=1e-5)
   monkeypatch.setenv("ARJAX_CPU_KERNELS", "0")
-  assert "arjax_int8_matmul" not in str(jax.make_jaxpr(lambda x: module.apply(params, x))(inputs))
+  assert "arjax_int8_matmul" not in str(jax.make_jaxpr(lambda x: apply(x))(inputs))  # a new trace
 
 
 def _exact_conv(x, w: quant.Int8):
