@@ -187,11 +187,14 @@ class Conv(nn.Conv):
 def for_decoding(tokenizer_params, compute_dtype, int8: bool = False):
   """The tokenizer params an image decode runs on: the conv kernels under a 'decoder' in compute_dtype - bf16:
   row-chunked bf16 products; f32 on CPU: 3x3 kernels of >= WINOGRAD_MIN_CHANNELS in and out as `Winograd`
-  (XLA:CPU's f32 convolution is ~2x slower) - except, with int8 where the VNNI kernel serves, 3x3 kernels of >=
+  (XLA:CPU's f32 convolution is ~2x slower), and so in bf16 on CPUs without AMX, from the kernels rounded to bf16
+  (there XLA's bf16 products are slower than f32 ones: VAR-d16's VQ decode 5.7 s with bf16 rows, 2.0 s by
+  Winograd, `scripts/bench_conv.py`) - except, with int8 where the VNNI kernel serves, 3x3 kernels of >=
   INT8_MIN_CHANNELS in and out (C a multiple of 4) as per-channel `quant.Int8`; everything else as it is
   (codebooks, the quantiser's convs: the tokens do not change). Idempotent."""
+  from arjax import host
   dtype = quant.dtype_of(compute_dtype)
-  use_winograd = dtype == jnp.float32 and jax.default_backend() == "cpu"
+  use_winograd = jax.default_backend() == "cpu" and (dtype == jnp.float32 or not host.has_amx())
   use_int8 = int8 and jax.default_backend() == "cpu" and cpu_int8.available()
   prepared = lambda x: isinstance(x, (Winograd, quant.Int8))
 
@@ -203,7 +206,7 @@ def for_decoding(tokenizer_params, compute_dtype, int8: bool = False):
     if use_int8 and leaf.shape[:2] == (3, 3) and c % 4 == 0 and min(c, d) >= INT8_MIN_CHANNELS:
       return quant.quantize_kernel(leaf)
     if use_winograd and leaf.shape[:2] == (3, 3) and min(c, d) >= WINOGRAD_MIN_CHANNELS:
-      return winograd(leaf.astype(jnp.float32))
+      return winograd(leaf.astype(dtype).astype(jnp.float32))
     return leaf.astype(dtype)
 
   return jax.tree_util.tree_map_with_path(one, tokenizer_params, is_leaf=prepared)

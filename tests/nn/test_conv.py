@@ -132,8 +132,10 @@ def test_conv3x3_rows_equals_lax_conv(monkeypatch, b, h, w, c, d, chunk):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_bf16_decoder_equals_rounded_reference(monkeypatch, layout):
   """`conv_lib.for_decoding` params (bf16 conv kernels) run every decoder conv - 3x3 by row chunks, 1x1 - with bf16
-  operands and f32 accumulation: equal to the explicit reference with rounded conv operands, not to f32."""
+  operands and f32 accumulation: equal to the explicit reference with rounded conv operands, not to f32. (On a CPU
+  without AMX the 3x3 kernels go by Winograd instead: an AMX CPU is assumed here.)"""
   monkeypatch.setattr(conv_lib, "CHUNK_ROWS", 48)
+  monkeypatch.setattr("arjax.host.has_amx", lambda flags=None: True)
   cfg, blocks_per_level, upsample_width = LAYOUTS[layout]
   dec = conv_lib.Decoder(cfg)
   z = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 5))
@@ -165,8 +167,8 @@ def test_winograd_conv3x3_equals_lax_conv(b, h, w, c, d):
 
 
 def test_for_decoding_converts_only_the_decoders_conv_kernels(monkeypatch):
-  """bf16: the decoder's conv kernels cast; f32 on CPU: its 3x3 kernels of >= WINOGRAD_MIN_CHANNELS as Winograd,
-  narrower and 1x1 kernels as they are; with int8 where the VNNI kernel serves, 3x3 kernels of >= INT8_MIN_CHANNELS
+  """bf16: the decoder's conv kernels cast (on a CPU without AMX its wide 3x3 kernels as Winograd of the bf16
+  values); f32 on CPU: its 3x3 kernels of >= WINOGRAD_MIN_CHANNELS as Winograd, narrower and 1x1 kernels as they are; with int8 where the VNNI kernel serves, 3x3 kernels of >= INT8_MIN_CHANNELS
   with C a multiple of 4 as per-channel Int8 (the rest as in f32); biases, norms, codebooks and the quantiser's
   convs untouched; idempotent."""
   monkeypatch.setattr(conv_lib, "WINOGRAD_MIN_CHANNELS", 2)
@@ -179,10 +181,19 @@ def test_for_decoding_converts_only_the_decoders_conv_kernels(monkeypatch):
                      for k, v in traverse_util.flatten_dict(t, is_leaf=lambda _, v: isinstance(v, quant.Int8)).items()}
   rest = {"decoder/conv_in/bias": "float32", "decoder/norm/scale": "float32", "phi_0/kernel": "float32",
           "embedding": "float32"}
+  amx = True
+  monkeypatch.setattr("arjax.host.has_amx", lambda flags=None: amx)
   out = conv_lib.for_decoding(tree, "bfloat16")
   assert kinds(out) == dict(rest, **{"decoder/conv_in/kernel": "bfloat16", "decoder/nin/kernel": "bfloat16",
                                      "decoder/conv_out/kernel": "bfloat16"})
   assert kinds(conv_lib.for_decoding(out, "bfloat16")) == kinds(out)
+  amx = False
+  tree["decoder"]["conv_in"]["kernel"] = jnp.full((3, 3, 2, 4), 1 + 2 ** -10)  # rounds to 1 in bf16
+  out = conv_lib.for_decoding(tree, "bfloat16")
+  assert kinds(out) == dict(rest, **{"decoder/conv_in/kernel": "Winograd", "decoder/nin/kernel": "bfloat16",
+                                     "decoder/conv_out/kernel": "bfloat16"})
+  np.testing.assert_array_equal(out["decoder"]["conv_in"]["kernel"].kernel, 1.0)
+  tree["decoder"]["conv_in"]["kernel"] = jnp.ones((3, 3, 2, 4))
   out = conv_lib.for_decoding(tree, "float32")
   assert kinds(out) == dict(rest, **{"decoder/conv_in/kernel": "Winograd", "decoder/nin/kernel": "float32",
                                      "decoder/conv_out/kernel": "float32"})
