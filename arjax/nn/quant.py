@@ -72,7 +72,9 @@ class Int8:
 def auto_dtype() -> jnp.dtype:
   """The compute dtype 'auto' means: bfloat16 on accelerators and on CPUs with AMX; float32 on other CPUs, where
   XLA:CPU's bf16 products (AVX512-BF16 or emulated) are slower than f32 ones (VAR-d16 images 15.0 s bf16 vs 9.7 s
-  f32 on an AVX512-BF16 Xeon without AMX; docs/inference_speed.md, session 11)."""
+  f32 on an AVX512-BF16 Xeon without AMX; docs/inference_speed.md, session 11). With the bf16 Dense kernel
+  (arjax.nn.cpu_bf16, session 16) bf16 is now a little faster than f32 there, and stays opt-in: f32 is the exact
+  reference."""
   from arjax import host
   return jnp.dtype(jnp.bfloat16 if jax.default_backend() != "cpu" or host.has_amx() else jnp.float32)
 
