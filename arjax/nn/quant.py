@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 
 import flax
 import flax.linen as nn
@@ -247,17 +248,41 @@ def int8_dot(lhs, rhs: Int8, dimension_numbers, impl: str = "auto"):
   return acc.astype(jnp.float32) * x_s * w_s
 
 
+def _bf16_xla(lhs, rhs, dimension_numbers, precision=None):
+  return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _bf16_kernel(lhs, rhs, n: int):
+  """The CPU kernel's product contracting n axes; its gradients are the XLA form's (training in bf16 params)."""
+  return _matrix_product(cpu_bf16.matmul, lhs, rhs, n)
+
+
+def _bf16_kernel_fwd(lhs, rhs, n):
+  return _bf16_kernel(lhs, rhs, n), (lhs, rhs)
+
+
+def _bf16_kernel_bwd(n, res, g):
+  lhs, rhs = res
+  dn = ((tuple(range(lhs.ndim - n, lhs.ndim)), tuple(range(n))), ((), ()))
+  return jax.vjp(lambda l, r: _bf16_xla(l, r, dn), lhs, rhs)[1](g)
+
+
+_bf16_kernel.defvjp(_bf16_kernel_fwd, _bf16_kernel_bwd)
+
+
 def bf16_dot(lhs, rhs, dimension_numbers, precision=None, impl: str = "auto"):
   """lhs . rhs (a bf16 kernel) with bf16 operands, products and sums in f32. impl 'xla': XLA's dot; 'auto': on CPU
-  the AVX512 kernel (arjax.nn.cpu_bf16) where it serves products of this size and form, else XLA's."""
+  the AVX512 kernel (arjax.nn.cpu_bf16) where it serves products of this size and form, else XLA's. Gradients are
+  the XLA form's either way."""
   (lc, rc), (lb, rb) = dimension_numbers
   if impl not in ("auto", "xla"):
     raise ValueError(f"bf16 dot impl must be 'auto' or 'xla', got {impl!r}")
   rows = int(np.prod([lhs.shape[a] for a in range(lhs.ndim) if a not in lc]))
   if impl == "auto" and not (lb or rb) and _kernel_form(lhs, rhs, dimension_numbers) and cpu_bf16.serves(rows):
-    return _matrix_product(cpu_bf16.matmul, lhs, rhs, len(rc))
-  return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs, dimension_numbers, precision=precision,
-                             preferred_element_type=jnp.float32)
+    return _bf16_kernel(lhs, rhs, len(rc))
+  return _bf16_xla(lhs, rhs, dimension_numbers, precision)
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):

@@ -67,6 +67,17 @@ def test_dense_layers_dispatch_to_the_kernel(monkeypatch):
   assert "arjax_bf16_matmul" not in str(jax.make_jaxpr(lambda x: apply(x))(inputs))  # a new trace
 
 
+@needs_kernel
+def test_gradients_are_the_xla_forms():
+  """Training through bf16 params: the kernel's VJP is XLA's bf16 form's."""
+  x, w = _case(7, 9, 40, 70)
+  loss = lambda impl: lambda x, w: jnp.sum(jnp.sin(quant.bf16_dot(x, w, DOT, impl=impl)))
+  assert "arjax_bf16_matmul" in str(jax.make_jaxpr(jax.grad(loss("auto"), (0, 1)))(x, w))
+  got, want = jax.grad(loss("auto"), (0, 1))(x, w), jax.grad(loss("xla"), (0, 1))(x, w)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-2)
+
+
 def test_bad_inputs_name_the_problem():
   with pytest.raises(ValueError, match=r"x \[M, K\] and w \[K, N\]"):
     cpu_bf16.matmul(jnp.ones((2, 3)), jnp.ones((4, 5), jnp.bfloat16))
