@@ -131,8 +131,8 @@ def test_maintain_replaces_exactly_the_unused_codes(setup):
   assert len(set(dist.argmin(-1))) == (~used).sum()  # ... and distinct ones
   for name in ("encoder", "decoder", "quant_proj", "post_proj"):
     jax.tree.map(np.testing.assert_array_equal, new[name], params[name])
-  again = tok.maintain(params, batch, jax.random.PRNGKey(3))  # eager == jit, up to conv rounding
-  np.testing.assert_allclose(np.asarray(again["codebook"]), new_cb, atol=1e-6)
+  again = tok.maintain(params, batch, jax.random.PRNGKey(3))  # eager == jit, up to conv / norm rounding (1.2e-6
+  np.testing.assert_allclose(np.asarray(again["codebook"]), new_cb, atol=1e-5)  # seen; a wrong code is off by ~0.1)
   _, m_old = tok.loss(params, batch, None)
   _, m_new = tok.loss(new, batch, None)
   assert float(m_new["usage"]) > float(m_old["usage"])
