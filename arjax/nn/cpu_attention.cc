@@ -196,7 +196,7 @@ void tile_values(const Pair& p, const float* v, int64_t D, int64_t Sp, const flo
 float softmax_row(const int32_t* pos, int32_t limit, int64_t S, int64_t Sp, float* row) {
   const __m512i lim = _mm512_set1_epi32(limit), zero = _mm512_setzero_si512();
   const auto seen16 = [&](int64_t s) {
-    const __mmask16 in = S - s >= 16 ? 0xffff : (1u << std::max<int64_t>(S - s, 0)) - 1;
+    const __mmask16 in = arjax::first16(S - s);
     const __m512i ps = _mm512_maskz_loadu_epi32(in, pos + s);
     return static_cast<__mmask16>(in & _mm512_cmpge_epi32_mask(ps, zero) & _mm512_cmple_epi32_mask(ps, lim));
   };

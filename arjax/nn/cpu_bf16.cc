@@ -26,12 +26,10 @@ namespace {
 constexpr int64_t kPanel = 64;
 constexpr int64_t kBlockRows = 256;
 
-inline __mmask16 first(int64_t n) { return n >= 16 ? 0xffff : (1u << std::max<int64_t>(n, 0)) - 1; }
-
 // x [K] -> its bf16 values (round to nearest even; NaN stays NaN) as f32 in out [K].
 void round_row(const float* x, int64_t K, float* out) {
   for (int64_t k = 0; k < K; k += 16) {
-    const __mmask16 in = first(K - k);
+    const __mmask16 in = arjax::first16(K - k);
     const __m512 v = _mm512_maskz_loadu_ps(in, x + k);
     const __m512i bits = _mm512_castps_si512(v);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
@@ -49,7 +47,7 @@ struct Weights {
   __mmask16 in[4];
   static constexpr int64_t kAhead = 8;
   Weights(const uint16_t* w, int64_t N, int64_t n0) : w(w), N(N), n0(n0) {
-    for (int64_t j = 0; j < 4; ++j) in[j] = first(N - n0 - 16 * j);
+    for (int64_t j = 0; j < 4; ++j) in[j] = arjax::first16(N - n0 - 16 * j);
   }
   __m512 operator()(int64_t k, int64_t j) const {
     const uint16_t* src = w + k * N + n0 + 16 * j;
@@ -90,7 +88,7 @@ struct ProductTask {
                         float* out = y + (m + i) * N + n0;
                         const __m512 c[4] = {c0, c1, c2, c3};
                         for (int64_t j = 0; j < 4; ++j) {
-                          _mm512_mask_storeu_ps(out + 16 * j, first(N - n0 - 16 * j), c[j]);
+                          _mm512_mask_storeu_ps(out + 16 * j, arjax::first16(N - n0 - 16 * j), c[j]);
                         }
                       });
     }

@@ -30,13 +30,14 @@
 #include <vector>
 
 #include "cpu_parallel.h"
+#include "cpu_tile.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int64_t kTileRows = 6;
+using arjax::kTileRows;
 constexpr int64_t kPanel = 64;  // columns per panel: 4 vectors of 16 int32 lanes
 constexpr int64_t kBlockRows = 256;
 
@@ -57,14 +58,14 @@ float quantize_row(const float* row, int64_t K, int64_t Kp, uint8_t* out) {
   const __m512 sign = _mm512_set1_ps(-0.f);
   __m512 amax = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 16) {
-    const __mmask16 in = K - k >= 16 ? 0xffff : (1u << (K - k)) - 1;
+    const __mmask16 in = arjax::first16(K - k);
     amax = _mm512_max_ps(amax, _mm512_andnot_ps(sign, _mm512_maskz_loadu_ps(in, row + k)));
   }
   const float top = _mm512_reduce_max_ps(amax);
   const float s = top > 0.f ? top / 127.f : 1.f;
   const __m512 inv = _mm512_set1_ps(1.f / s), lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
   for (int64_t k = 0; k < K; k += 16) {
-    const __mmask16 in = K - k >= 16 ? 0xffff : (1u << (K - k)) - 1;
+    const __mmask16 in = arjax::first16(K - k);
     __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(in, row + k), inv),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
@@ -147,7 +148,7 @@ inline void store_columns(const __m512* f, const float* w_scale, int64_t N, int6
   for (int64_t v = 0; v < V; ++v) {
     const int64_t n = n0 + 16 * v, left = std::clamp<int64_t>(N - n, 0, 16);
     if (!left) break;
-    const __mmask16 in = left == 16 ? 0xffff : (1u << left) - 1;
+    const __mmask16 in = arjax::first16(left);
     _mm512_mask_storeu_ps(y_row + n, in,
                           _mm512_mul_ps(_mm512_castsi512_ps(cols[v]), _mm512_maskz_loadu_ps(in, w_scale + n)));
   }

@@ -1,4 +1,5 @@
-// The f32 register tile shared by the AVX512 kernels of arjax/nn (cpu_attention.cc's many-row path, cpu_bf16.cc).
+// The f32 register tile shared by the AVX512 kernels of arjax/nn (cpu_attention.cc's many-row path, cpu_bf16.cc),
+// and their lane masks (cpu_int8.cc too).
 #ifndef ARJAX_NN_CPU_TILE_H_
 #define ARJAX_NN_CPU_TILE_H_
 
@@ -13,6 +14,9 @@ namespace arjax {
 constexpr int64_t kTileRows = 6;
 
 #ifdef __AVX512F__
+
+// The mask of the first n of 16 lanes (n <= 0: none, n >= 16: all).
+inline __mmask16 first16(int64_t n) { return n >= 16 ? 0xffff : (1u << (n > 0 ? n : 0)) - 1; }
 
 // acc[i][j] = sum over k < n of x(i, k) * b(k, j), for 6 rows i and 4 vectors j (__m512, 16 f32 lanes: 64
 // columns); then out(i, acc[i][0..3]) for each row. The 24 accumulators are named variables so that they stay in
